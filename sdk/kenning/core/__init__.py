@@ -1,0 +1,1 @@
+"""Layer 1: models, definitions, replay and the ``Store`` protocol. No I/O libraries here."""

@@ -1,0 +1,89 @@
+"""The exceptions of Kenning: one root, specific subclasses, messages that say what to do."""
+
+from __future__ import annotations
+
+
+class KenningError(Exception):
+    """Root of every error Kenning raises on purpose."""
+
+
+class ConfigurationError(KenningError):
+    """A setting, argument or definition is invalid."""
+
+
+class WorkflowNotFound(KenningError):
+    """No workflow of that name is registered with this app or worker."""
+
+
+class RunNotFound(KenningError):
+    """No run has that id."""
+
+
+class InvalidInput(KenningError, ValueError):
+    """A workflow's input does not fit its signature or types."""
+
+
+class EventTimeout(KenningError, TimeoutError):
+    """``wait_event`` reached its timeout before a matching event arrived."""
+
+
+class EventDataError(KenningError, ValueError):
+    """An event's data does not validate against the model it is decoded into."""
+
+
+class InvalidEvent(KenningError, ValueError):
+    """A CloudEvent is malformed; the message names the attribute."""
+
+
+class NonDeterminismError(KenningError):
+    """The workflow's code asked for a different step than its history recorded."""
+
+
+class TerminalError(KenningError):
+    """Raised by an activity to fail at once, without further retries."""
+
+
+class ActivityError(KenningError):
+    """An activity failed for good (retries exhausted, terminal error or timeout).
+
+    Raised inside the workflow at the call site, live and on replay alike.
+    """
+
+    def __init__(self, activity: str, error_type: str, message: str, attempts: int) -> None:
+        super().__init__(
+            f"activity '{activity}' failed after {attempts} attempt(s): {error_type}: {message}"
+        )
+        self.activity = activity
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+
+
+class RunFailed(KenningError):
+    """The run ended with an error; ``error`` holds what the workflow raised."""
+
+    def __init__(self, run_id: str, error: str) -> None:
+        super().__init__(f"run {run_id} failed: {error}")
+        self.run_id = run_id
+        self.error = error
+
+
+class RunCancelled(KenningError):
+    """The run was cancelled before it finished."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(f"run {run_id} was cancelled: {reason}")
+        self.run_id = run_id
+        self.reason = reason
+
+
+class StoreUnavailable(KenningError):
+    """The store cannot be reached; the operation may be retried."""
+
+
+class SchemaTooNew(KenningError):
+    """The database was migrated by a newer Kenning than this one."""
+
+
+class LeaseLost(KenningError):
+    """This worker no longer holds the run (its lease expired or the run was cancelled)."""

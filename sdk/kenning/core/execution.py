@@ -1,0 +1,235 @@
+"""Running one workflow run against its history: replay recorded steps, record new ones.
+
+A ``RunExecution`` lives while its worker holds the run. Recorded steps return their
+recorded values; new steps are committed under the lease before the code goes on. When the
+run must wait (event, timer, retry delay) its state is committed and the coroutine is
+unwound with ``Suspended``, a ``BaseException`` that ``except Exception`` does not catch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kenning.core import codec
+from kenning.core.context import WorkflowContext
+from kenning.core.definitions import ActivityDefinition, WorkflowDefinition, decode_input
+from kenning.core.errors import ActivityError, LeaseLost, NonDeterminismError, TerminalError
+from kenning.core.models import (
+    ClaimedRun,
+    CloudEventRecord,
+    RunStatus,
+    Step,
+    StepKind,
+    Wait,
+    WaitKind,
+)
+from kenning.core.store import EventWaitResult, Store
+
+log = logging.getLogger(__name__)
+
+
+class Suspended(BaseException):
+    """Unwinds a workflow whose run is now waiting; never seen by user code's handlers."""
+
+
+class Abandoned(BaseException):
+    """Unwinds a workflow whose lease was lost: another owner or a cancel took over."""
+
+
+class Outcome(str, enum.Enum):
+    """How an execution ended on this worker."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SUSPENDED = "suspended"
+    ABANDONED = "abandoned"
+
+
+class RunExecution:
+    """Drives one claimed run until it finishes, suspends or loses its lease."""
+
+    def __init__(
+        self,
+        store: Store,
+        definition: WorkflowDefinition[Any, Any],
+        claimed: ClaimedRun,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.definition = definition
+        self.run = claimed.run
+        self.lease = claimed.lease
+        self.clock = clock
+        self.history = {step.seq: step for step in claimed.history}
+        self.workflow_time = self.run.created_at
+        self.suspended_until: float | None = None
+        self._next_seq = 0
+        self._pending: list[Step] = []
+
+    # -- the run ------------------------------------------------------------------------
+    async def execute(self) -> Outcome:
+        """Run the workflow function to its end or its next wait."""
+        ctx = WorkflowContext(self)
+        try:
+            args, kwargs = decode_input(self.run.input)
+            args, kwargs = self.definition.signature.rebuild_arguments(args, kwargs)
+            value = await self.definition.fn(ctx, *args, **kwargs)
+            result = codec.dumps(codec.to_jsonable(value))
+        except Suspended:
+            return Outcome.SUSPENDED
+        except Abandoned:
+            return Outcome.ABANDONED
+        except Exception as exc:
+            return await self._fail(exc)
+        await self._write(
+            self.store.finish_run(
+                self.lease, RunStatus.COMPLETED, result=result, steps=self._take_pending()
+            )
+        )
+        return Outcome.COMPLETED
+
+    async def _fail(self, exc: Exception) -> Outcome:
+        error = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, NonDeterminismError | ActivityError):
+            log.info("run %s failed: %s", self.run.run_id, "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)))
+        try:
+            await self._write(
+                self.store.finish_run(
+                    self.lease, RunStatus.FAILED, error=error, steps=self._take_pending()
+                )
+            )
+        except Abandoned:
+            return Outcome.ABANDONED
+        return Outcome.FAILED
+
+    # -- history ------------------------------------------------------------------------
+    def take_seq(self) -> int:
+        """The next history position."""
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def recorded(self, seq: int, kinds: Sequence[StepKind], name: str) -> Step | None:
+        """The recorded step at ``seq``, checked against what the code asks for now."""
+        step = self.history.get(seq)
+        if step is None:
+            return None
+        if step.kind not in kinds or step.name != name:
+            raise NonDeterminismError(
+                f"run {self.run.run_id} step {seq}: history has {step.kind.value} "
+                f"'{step.name}', code called {kinds[0].value} '{name}' — the workflow's code "
+                f"changed under a running run"
+            )
+        self.workflow_time = max(self.workflow_time, step.recorded_at)
+        return step
+
+    def wait_at(self, seq: int, kind: WaitKind) -> Wait | None:
+        """The stored wait for position ``seq`` if the run was suspended there."""
+        wait = self.run.wait
+        return wait if wait is not None and wait.seq == seq and wait.kind == kind else None
+
+    def buffer(self, step: Step) -> None:
+        """Record a step with the next commit (timer fired, timeout: no side effect)."""
+        self._pending.append(step)
+        self.history[step.seq] = step
+        self.workflow_time = max(self.workflow_time, step.recorded_at)
+
+    def _take_pending(self) -> list[Step]:
+        steps, self._pending = self._pending, []
+        return steps
+
+    async def commit(self, step: Step, outbox: Sequence[CloudEventRecord] = ()) -> None:
+        """Commit ``step`` (with buffered steps and emitted events) under the lease."""
+        steps = [*self._take_pending(), step]
+        await self._write(self.store.append_steps(self.lease, steps, outbox))
+        self.history[step.seq] = step
+        self.workflow_time = max(self.workflow_time, step.recorded_at)
+
+    async def suspend(self, wait: Wait) -> None:
+        """Commit a timer or retry wait and unwind the workflow."""
+        await self._write(self.store.suspend(self.lease, wait, self._take_pending()))
+        self.suspended_until = wait.wake_at
+        raise Suspended
+
+    async def begin_event_wait(self, wait: Wait) -> Step:
+        """Consume an event already there, or commit the wait and unwind."""
+        result: EventWaitResult = await self._write(
+            self.store.begin_event_wait(self.lease, wait, self._take_pending())
+        )
+        if result.consumed is None:
+            self.suspended_until = wait.wake_at
+            raise Suspended
+        step = result.consumed
+        self.history[step.seq] = step
+        self.workflow_time = max(self.workflow_time, step.recorded_at)
+        return step
+
+    async def _write(self, op: Any) -> Any:
+        try:
+            return await op
+        except LeaseLost:
+            raise Abandoned from None
+
+    # -- activities ---------------------------------------------------------------------
+    async def call_activity(
+        self, defn: ActivityDefinition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Return the recorded result of this call, or run the activity and record it."""
+        seq = self.take_seq()
+        step = self.recorded(seq, (StepKind.ACTIVITY,), defn.name)
+        if step is not None:
+            return self._activity_outcome(defn, step)
+        retry_wait = self.wait_at(seq, WaitKind.RETRY)
+        if retry_wait is not None and (retry_wait.wake_at or 0) > self.clock():
+            await self.suspend(retry_wait)
+        attempt = retry_wait.attempt + 1 if retry_wait else 1
+        actx = WorkflowContext(self, activity_seq=seq, attempt=attempt)
+        try:
+            coro = defn.fn(actx, *args, **kwargs)
+            value = await (asyncio.wait_for(coro, defn.timeout) if defn.timeout else coro)
+        except Exception as exc:
+            await self._activity_failed(defn, seq, attempt, exc)
+            raise AssertionError("unreachable") from None
+        step = Step(seq, StepKind.ACTIVITY, defn.name, codec.dumps(codec.to_jsonable(value)),
+                    self.clock())
+        await self.commit(step)
+        return self._activity_outcome(defn, step)
+
+    def _activity_outcome(self, defn: ActivityDefinition[Any, Any], step: Step) -> Any:
+        if step.error is not None:
+            err = codec.loads(step.error)
+            raise ActivityError(defn.name, err["type"], err["message"], err["attempts"])
+        return codec.rebuild(
+            codec.loads(step.value), defn.signature.return_type, f"activity '{defn.name}' result"
+        )
+
+    async def _activity_failed(
+        self, defn: ActivityDefinition[Any, Any], seq: int, attempt: int, exc: Exception
+    ) -> None:
+        if isinstance(exc, TimeoutError) and defn.timeout is not None:
+            message = f"timed out after {defn.timeout:g} s"
+        else:
+            message = str(exc)
+        error_type = type(exc).__name__
+        policy = defn.retry
+        final = (
+            isinstance(exc, TerminalError)
+            or isinstance(exc, policy.non_retryable)
+            or attempt >= policy.max_attempts
+        )
+        if final:
+            error = codec.dumps({"type": error_type, "message": message, "attempts": attempt})
+            await self.commit(Step(seq, StepKind.ACTIVITY, defn.name, None, self.clock(), error))
+            raise ActivityError(defn.name, error_type, message, attempt)
+        delay = policy.delay_after(attempt)
+        log.info("run %s activity %s attempt %d failed (%s: %s); retry in %.3gs",
+                 self.run.run_id, defn.name, attempt, error_type, message, delay)
+        await self.suspend(Wait(seq=seq, kind=WaitKind.RETRY, wake_at=self.clock() + delay,
+                                attempt=attempt, last_error=f"{error_type}: {message}"))
+

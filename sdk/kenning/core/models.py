@@ -1,0 +1,206 @@
+"""Typed rows of the store: runs, history steps, events and the waits that join them."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is in its life. Kubernetes phases are the same words in CamelCase."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING_FOR_EVENT = "waiting_for_event"
+    WAITING_FOR_TIMER = "waiting_for_timer"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """True for the three end states."""
+        return self in _FINISHED
+
+    @property
+    def phase(self) -> str:
+        """The Kubernetes phase: ``waiting_for_event`` -> ``WaitingForEvent``."""
+        return "".join(part.capitalize() for part in self.value.split("_"))
+
+
+_FINISHED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class StepKind(str, enum.Enum):
+    """What a history entry records."""
+
+    ACTIVITY = "activity"
+    EVENT = "event"
+    TIMEOUT = "timeout"
+    TIMER = "timer"
+    SEND = "send"
+
+
+class WaitKind(str, enum.Enum):
+    """Why a suspended run waits."""
+
+    EVENT = "event"
+    TIMER = "timer"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """What a suspended run waits for, stored on its row.
+
+    ``seq`` is the history position the wait will fill. ``wake_at`` is the timer's due time,
+    the event wait's deadline, or the retry's next attempt (unix seconds).
+    """
+
+    seq: int
+    kind: WaitKind
+    wake_at: float | None = None
+    event_type: str | None = None
+    match: dict[str, Any] | None = None
+    lookback: float | None = None
+    started_at: float | None = None
+    attempt: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One workflow run as the store holds it."""
+
+    run_id: str
+    namespace: str
+    workflow: str
+    input: str
+    status: RunStatus
+    created_at: float
+    epoch: int = 0
+    result: str | None = None
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float | None = None
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    wait: Wait | None = None
+    pool: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """What a start asks the store to create; ``input`` is JSON text."""
+
+    run_id: str
+    namespace: str
+    workflow: str
+    input: str
+    pool: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One entry of a run's history. ``value`` and ``error`` are JSON text."""
+
+    seq: int
+    kind: StepKind
+    name: str
+    value: str | None
+    recorded_at: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's hold on a run; every write under it is fenced by ``epoch``."""
+
+    run_id: str
+    owner: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A run a worker just claimed, with its whole history (loaded in one query)."""
+
+    run: Run
+    lease: Lease
+    history: list[Step]
+
+
+@dataclass(frozen=True, slots=True)
+class CloudEventRecord:
+    """A CloudEvent as Kenning stores it. ``data`` is JSON text of the decoded data, or
+    ``None``; binary data travels base64 in ``data_base64``."""
+
+    id: str
+    source: str
+    type: str
+    specversion: str = "1.0"
+    subject: str | None = None
+    time: str | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    data: str | None = None
+    data_base64: str | None = None
+    extensions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def target_run(self) -> str | None:
+        """The run this event is addressed to (extension ``kenningrun``), if any."""
+        return self.extensions.get(TARGET_RUN_EXTENSION)
+
+
+TARGET_RUN_EXTENSION = "kenningrun"
+
+
+class AcceptOutcome(str, enum.Enum):
+    """What accepting one event did."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    """The outcome of accepting one event and the runs it resumed."""
+
+    outcome: AcceptOutcome
+    resumed_runs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An event a workflow emitted, waiting to be published."""
+
+    pk: int
+    run_id: str
+    namespace: str
+    event: CloudEventRecord
+    attempts: int
+    next_attempt_at: float
+
+
+class NotificationKind(str, enum.Enum):
+    """What changed in the store."""
+
+    RUNNABLE = "runnable"
+    FINISHED = "finished"
+    TIMER = "timer"
+    CANCELLED = "cancelled"
+    OUTBOX = "outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A change a listener hears about after it committed."""
+
+    kind: NotificationKind
+    run_id: str | None = None
+    wake_at: float | None = None

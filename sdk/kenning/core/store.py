@@ -1,0 +1,152 @@
+"""The ``Store`` protocol: everything the engine asks of its database.
+
+Both the SQLite and the PostgreSQL store implement it, and one contract test suite runs
+against both. Times are unix seconds (floats) taken from the store's ``clock``. Every write
+made under a ``Lease`` is fenced: if the run's epoch moved on (lease taken over, run
+cancelled) the write changes nothing and raises ``LeaseLost``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kenning.core.models import (
+    AcceptResult,
+    ClaimedRun,
+    CloudEventRecord,
+    Lease,
+    NewRun,
+    Notification,
+    OutboxEntry,
+    Run,
+    RunStatus,
+    Step,
+    Wait,
+)
+
+Listener = Callable[[Notification], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EventWaitResult:
+    """What ``begin_event_wait`` did: consumed an event already there, or suspended."""
+
+    consumed: Step | None
+
+
+class Store(Protocol):
+    """Durable state of runs, their history, events and the outbox."""
+
+    clock: Callable[[], float]
+
+    async def open(self) -> None:
+        """Connect and apply migrations (safe when many processes start at once)."""
+
+    async def close(self) -> None:
+        """Release connections; pending group commits finish first."""
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the database answers."""
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` after each committed change; returns an unsubscribe function."""
+
+    # -- runs ---------------------------------------------------------------------------
+    async def create_run(self, new: NewRun) -> tuple[Run, bool]:
+        """Create a pending run; if the id exists return that run and ``False``."""
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or ``None``."""
+
+    async def list_runs(
+        self,
+        *,
+        namespace: str | None = None,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+    ) -> list[Run]:
+        """Runs, newest first, filtered."""
+
+    async def load_history(self, run_id: str) -> list[Step]:
+        """The run's whole history in sequence order (one query)."""
+
+    async def cancel_run(self, run_id: str, reason: str) -> Run:
+        """Cancel an unfinished run (fencing out its worker); finished runs are returned as
+        they are. Raises ``RunNotFound``."""
+
+    # -- worker -------------------------------------------------------------------------
+    async def claim_runs(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        workflows: Sequence[str] | None = None,
+        run_ids: Sequence[str] | None = None,
+        reclaim_own: bool = False,
+    ) -> list[ClaimedRun]:
+        """Take up to ``limit`` runnable runs: pending, due, or with an expired lease.
+
+        ``reclaim_own`` also takes runs leased to ``worker_id`` itself: a restarted process
+        with the same worker id picks its unfinished runs up without waiting for expiry."""
+
+    async def renew_leases(self, worker_id: str, run_ids: Sequence[str], lease_seconds: float) -> None:
+        """Push the lease expiry of the runs this worker still holds."""
+
+    async def release_run(self, lease: Lease) -> None:
+        """Give a held run back as pending (worker shutting down)."""
+
+    async def append_steps(
+        self, lease: Lease, steps: Sequence[Step], outbox: Sequence[CloudEventRecord] = ()
+    ) -> None:
+        """Record steps (and the events they emit) in one commit."""
+
+    async def begin_event_wait(
+        self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()
+    ) -> EventWaitResult:
+        """Record ``steps``; then consume a matching event already there and record it at
+        ``wait.seq`` (an event addressed to the run at any time, or a kept event received
+        since ``wait.started_at - wait.lookback``); otherwise suspend the run as
+        ``waiting_for_event`` and drop the lease."""
+
+    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
+        """Record ``steps`` and suspend the run on a timer or retry (``waiting_for_timer``)."""
+
+    async def finish_run(
+        self,
+        lease: Lease,
+        status: RunStatus,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        steps: Sequence[Step] = (),
+    ) -> None:
+        """Record ``steps`` and end the run completed or failed."""
+
+    async def next_wake_at(self) -> float | None:
+        """The earliest due time among suspended runs, or ``None``."""
+
+    # -- events -------------------------------------------------------------------------
+    async def accept_events(
+        self, namespace: str, events: Sequence[CloudEventRecord]
+    ) -> list[AcceptResult]:
+        """Commit events, deduplicated on (source, id), and resume the runs they match."""
+
+    async def count_events(self) -> int:
+        """How many events are kept (for operators and benchmarks)."""
+
+    async def purge_expired(self) -> int:
+        """Drop events past their retention; returns how many."""
+
+    # -- outbox -------------------------------------------------------------------------
+    async def due_outbox(self, limit: int) -> list[OutboxEntry]:
+        """Outbox entries whose next attempt is due."""
+
+    async def outbox_done(self, pk: int) -> None:
+        """Remove a published entry."""
+
+    async def outbox_retry(self, pk: int, next_attempt_at: float, error: str) -> None:
+        """Count a failed publish and schedule the next."""

@@ -1,0 +1,184 @@
+"""The worker: claims runnable runs, executes them, renews their leases.
+
+Wake-ups are pushed: the store's notifications (in-process, or LISTEN/NOTIFY across
+processes) say when a run became runnable, and the nearest timer sets a single alarm.
+The poll interval is only the fallback for changes this process cannot hear about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+from kenning.core.definitions import Registry
+from kenning.core.execution import Outcome, RunExecution
+from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind
+from kenning.core.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How much a worker takes on and how it keeps its leases."""
+
+    max_runs: int = 500
+    claim_batch: int = 64
+    lease_seconds: float = 30.0
+    poll_interval: float = 1.0
+    purge_interval: float = 60.0
+
+
+class Worker:
+    """Runs the workflows of ``registry`` that the store says are runnable."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        worker_id: str,
+        options: WorkerOptions | None = None,
+        on_outcome: Callable[[str, Outcome], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.worker_id = worker_id
+        self.options = options or WorkerOptions()
+        self._on_outcome = on_outcome
+        self._active: dict[str, tuple[asyncio.Task[None], Lease]] = {}
+        self._wakeup = asyncio.Event()
+        self._alarm: float | None = None
+        self._alarm_known = False
+        self._stopping = False
+
+    @property
+    def active_runs(self) -> int:
+        """How many runs this worker holds right now."""
+        return len(self._active)
+
+    async def run(self) -> None:
+        """Work until cancelled; on the way out, hand held runs back."""
+        unsubscribe = self.store.subscribe(self._on_notification)
+        helpers = [asyncio.create_task(self._renew_loop(), name="kenning-renew"),
+                   asyncio.create_task(self._purge_loop(), name="kenning-purge")]
+        try:
+            await self._claim(reclaim_own=True)
+            while True:
+                await self._sleep_until_needed()
+                await self._claim()
+        finally:
+            self._stopping = True
+            unsubscribe()
+            for task in helpers:
+                task.cancel()
+            await self._stop_active()
+
+    # -- waking -------------------------------------------------------------------------
+    def _on_notification(self, note: Notification) -> None:
+        if note.kind is NotificationKind.RUNNABLE:
+            self._wakeup.set()
+        elif note.kind is NotificationKind.TIMER and note.wake_at is not None:
+            if self._alarm is None or note.wake_at < self._alarm:
+                self._alarm = note.wake_at
+                self._wakeup.set()
+        elif note.kind is NotificationKind.CANCELLED and note.run_id in self._active:
+            self._active[note.run_id][0].cancel()
+
+    async def _sleep_until_needed(self) -> None:
+        if not self._alarm_known:
+            self._alarm = await self.store.next_wake_at()
+            self._alarm_known = True
+        timeout = self.options.poll_interval
+        if self._alarm is not None:
+            timeout = min(timeout, max(0.0, self._alarm - self.store.clock()))
+        if timeout > 0 and not self._wakeup.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+        self._wakeup.clear()
+        now = self.store.clock()
+        if self._alarm is None or self._alarm <= now or timeout == self.options.poll_interval:
+            self._alarm_known = False  # re-read the nearest timer after this claim
+
+    async def _claim(self, *, reclaim_own: bool = False) -> None:
+        while not self._stopping:
+            free = self.options.max_runs - len(self._active)
+            if free <= 0:
+                return
+            want = min(free, self.options.claim_batch)
+            try:
+                claimed = await self.store.claim_runs(
+                    self.worker_id, limit=want, lease_seconds=self.options.lease_seconds,
+                    workflows=self.registry.names, reclaim_own=reclaim_own)
+            except Exception as exc:
+                log.warning("worker %s could not claim runs: %s", self.worker_id, exc)
+                return
+            for item in claimed:
+                self._launch(item)
+            if len(claimed) < want:
+                return
+
+    # -- running ------------------------------------------------------------------------
+    def _launch(self, claimed: ClaimedRun) -> None:
+        run_id = claimed.run.run_id
+        task = asyncio.create_task(self._execute(claimed), name=f"kenning-run-{run_id}")
+        self._active[run_id] = (task, claimed.lease)
+
+    async def _execute(self, claimed: ClaimedRun) -> None:
+        run_id = claimed.run.run_id
+        outcome = Outcome.ABANDONED
+        try:
+            definition = self.registry.get(claimed.run.workflow)
+            execution = RunExecution(self.store, definition, claimed, self.store.clock)
+            outcome = await execution.execute()
+            if outcome is Outcome.SUSPENDED and execution.suspended_until is not None:
+                until = execution.suspended_until
+                if self._alarm is None or until < self._alarm:
+                    self._alarm = until
+        except asyncio.CancelledError:
+            if not self._stopping:
+                log.info("run %s stopped on %s: cancelled", run_id, self.worker_id)
+            return
+        except Exception:
+            log.exception("run %s crashed the worker's executor; it will be retried", run_id)
+            with contextlib.suppress(Exception):
+                await self.store.release_run(claimed.lease)
+        finally:
+            self._active.pop(run_id, None)
+            self._wakeup.set()
+        if self._on_outcome is not None:
+            self._on_outcome(run_id, outcome)
+
+    async def _stop_active(self) -> None:
+        held = list(self._active.values())
+        for task, _lease in held:
+            task.cancel()
+        if held:
+            await asyncio.gather(*(t for t, _ in held), return_exceptions=True)
+        for _task, lease in held:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release_run(lease))
+
+    async def _renew_loop(self) -> None:
+        interval = self.options.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self._active:
+                try:
+                    await self.store.renew_leases(self.worker_id, list(self._active),
+                                                  self.options.lease_seconds)
+                except Exception as exc:
+                    log.warning("worker %s could not renew leases: %s", self.worker_id, exc)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.purge_interval)
+            try:
+                await self.store.purge_expired()
+            except Exception as exc:
+                log.warning("purging expired events failed: %s", exc)
+
+

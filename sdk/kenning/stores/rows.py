@@ -1,0 +1,102 @@
+"""Turning database rows into the typed models of ``kenning.core.models``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kenning.core.events import record_from_json
+from kenning.core.models import (
+    OutboxEntry,
+    Run,
+    RunStatus,
+    Step,
+    StepKind,
+    Wait,
+    WaitKind,
+)
+
+FINISHED_STATUSES = ("completed", "failed", "cancelled")
+WAITING_STATUSES = ("waiting_for_event", "waiting_for_timer")
+
+
+def run_from_row(row: Mapping[str, Any]) -> Run:
+    """A ``Run`` from a row of the ``runs`` table."""
+    wait = None
+    if row["wait_kind"] is not None:
+        wait = Wait(
+            seq=row["wait_seq"],
+            kind=WaitKind(row["wait_kind"]),
+            wake_at=row["wake_at"],
+            event_type=row["wait_type"],
+            match=json.loads(row["wait_match"]) if row["wait_match"] else None,
+            lookback=row["wait_lookback"],
+            started_at=row["wait_started"],
+            attempt=row["wait_attempt"] or 0,
+            last_error=row["wait_error"],
+        )
+    return Run(
+        run_id=row["run_id"],
+        namespace=row["namespace"],
+        workflow=row["workflow"],
+        input=row["input"],
+        status=RunStatus(row["status"]),
+        created_at=row["created_at"],
+        epoch=row["epoch"],
+        result=row["result"],
+        error=row["error"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        updated_at=row["updated_at"],
+        lease_owner=row["lease_owner"],
+        lease_expires=row["lease_expires"],
+        wait=wait,
+        pool=row["pool"],
+        labels=json.loads(row["labels"]) if row["labels"] else {},
+    )
+
+
+def step_from_row(row: Mapping[str, Any]) -> Step:
+    """A ``Step`` from a row of the ``history`` table."""
+    return Step(
+        seq=row["seq"],
+        kind=StepKind(row["kind"]),
+        name=row["name"],
+        value=row["value"],
+        recorded_at=row["recorded_at"],
+        error=row["error"],
+    )
+
+
+def outbox_from_row(row: Mapping[str, Any]) -> OutboxEntry:
+    """An ``OutboxEntry`` from a row of the ``outbox`` table."""
+    return OutboxEntry(
+        pk=row["pk"],
+        run_id=row["run_id"],
+        namespace=row["namespace"],
+        event=record_from_json(row["record"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+    )
+
+
+def wait_columns(wait: Wait | None) -> dict[str, Any]:
+    """Column values that store ``wait`` on a run row (all ``None`` to clear it)."""
+    if wait is None:
+        return {
+            "wait_seq": None, "wait_kind": None, "wake_at": None, "wait_type": None,
+            "wait_match": None, "wait_lookback": None, "wait_started": None,
+            "wait_attempt": 0, "wait_error": None,
+        }
+    return {
+        "wait_seq": wait.seq,
+        "wait_kind": wait.kind.value,
+        "wake_at": wait.wake_at,
+        "wait_type": wait.event_type,
+        "wait_match": json.dumps(wait.match) if wait.match else None,
+        "wait_lookback": wait.lookback,
+        "wait_started": wait.started_at,
+        "wait_attempt": wait.attempt,
+        "wait_error": wait.last_error,
+    }

@@ -1,0 +1,422 @@
+"""The embedded store: one SQLite file, WAL, group commit on a dedicated thread."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kenning.core.errors import LeaseLost, RunNotFound
+from kenning.core.events import record_from_json, record_to_json
+from kenning.core.matching import event_matches
+from kenning.core.models import (
+    AcceptOutcome,
+    AcceptResult,
+    ClaimedRun,
+    CloudEventRecord,
+    Lease,
+    NewRun,
+    Notification,
+    NotificationKind,
+    OutboxEntry,
+    Run,
+    RunStatus,
+    Step,
+    StepKind,
+    Wait,
+)
+from kenning.core.store import EventWaitResult, Listener
+from kenning.stores import sqlite_schema
+from kenning.stores.listeners import ListenerSet
+from kenning.stores.rows import outbox_from_row, run_from_row, step_from_row, wait_columns
+from kenning.stores.sqlite_writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+Conn = sqlite3.Connection
+Notes = list[Notification]
+
+_RUNNABLE = """
+    (status = 'pending'
+     OR (status IN ('waiting_for_event', 'waiting_for_timer') AND wake_at <= :now)
+     OR (status = 'running' AND (lease_expires < :now OR (:reclaim AND lease_owner = :worker))))
+"""
+_CLEAR_WAIT = ", ".join(f"{col} = :{col}" for col in wait_columns(None))
+
+
+class SqliteStore:
+    """``Store`` on a SQLite file. Several processes may share the file (WAL, busy timeout);
+    wake-ups cross processes only through the workers' fallback poll."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Callable[[], float] | None = None,
+        event_retention: float = 86_400.0,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self.path = path
+        self.clock: Callable[[], float] = clock or time.time
+        self.event_retention = event_retention
+        self._busy_timeout = busy_timeout
+        self._listeners = ListenerSet()
+        self._writer = GroupCommitWriter(self._connect, self._listeners.dispatch)
+
+    def _connect(self) -> Conn:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self._busy_timeout)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        sqlite_schema.migrate(conn)
+        return conn
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Open the file (creating it) and apply migrations."""
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Finish queued operations and close the file."""
+        self._writer.stop()
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the file answers."""
+        await self._writer.run(lambda conn, notes: conn.execute("SELECT 1").fetchone())
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Hear about committed changes made through this store object."""
+        return self._listeners.add(listener)
+
+    # -- runs ---------------------------------------------------------------------------
+    async def create_run(self, new: NewRun) -> tuple[Run, bool]:
+        """Create a pending run; an existing id returns that run unchanged."""
+        def op(conn: Conn, notes: Notes) -> tuple[Run, bool]:
+            now = self.clock()
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO runs (run_id, namespace, workflow, input, status, "
+                "created_at, updated_at, pool, labels) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (new.run_id, new.namespace, new.workflow, new.input, now, now, new.pool,
+                 json.dumps(new.labels)),
+            )
+            created = cur.rowcount == 1
+            if created:
+                notes.append(Notification(NotificationKind.RUNNABLE, new.run_id))
+            return self._get(conn, new.run_id), created
+        return await self._writer.run(op)
+
+    def _get(self, conn: Conn, run_id: str) -> Run:
+        row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id '{run_id}'")
+        return run_from_row(row)
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run, or ``None``."""
+        def op(conn: Conn, notes: Notes) -> Run | None:
+            row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            return None if row is None else run_from_row(row)
+        return await self._writer.run(op)
+
+    async def list_runs(self, *, namespace: str | None = None, status: RunStatus | None = None,
+                        workflow: str | None = None, limit: int = 100) -> list[Run]:
+        """Runs, newest first."""
+        clauses, params = [], []
+        for column, value in (("namespace", namespace), ("workflow", workflow),
+                              ("status", status.value if status else None)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM runs {where} ORDER BY created_at DESC, run_id LIMIT ?"
+
+        def op(conn: Conn, notes: Notes) -> list[Run]:
+            return [run_from_row(r) for r in conn.execute(sql, (*params, limit))]
+        return await self._writer.run(op)
+
+    async def load_history(self, run_id: str) -> list[Step]:
+        """The run's history in order."""
+        def op(conn: Conn, notes: Notes) -> list[Step]:
+            return self._history(conn, run_id)
+        return await self._writer.run(op)
+
+    @staticmethod
+    def _history(conn: Conn, run_id: str) -> list[Step]:
+        rows = conn.execute("SELECT * FROM history WHERE run_id = ? ORDER BY seq", (run_id,))
+        return [step_from_row(r) for r in rows]
+
+    async def cancel_run(self, run_id: str, reason: str) -> Run:
+        """Cancel an unfinished run and fence out its worker."""
+        def op(conn: Conn, notes: Notes) -> Run:
+            now = self.clock()
+            cur = conn.execute(
+                f"UPDATE runs SET status = 'cancelled', error = :reason, finished_at = :now, "
+                f"updated_at = :now, epoch = epoch + 1, lease_owner = NULL, lease_expires = NULL, "
+                f"{_CLEAR_WAIT} WHERE run_id = :run_id "
+                f"AND status NOT IN ('completed', 'failed', 'cancelled')",
+                {"reason": reason, "now": now, "run_id": run_id, **wait_columns(None)},
+            )
+            if cur.rowcount:
+                notes.append(Notification(NotificationKind.CANCELLED, run_id))
+                notes.append(Notification(NotificationKind.FINISHED, run_id))
+            return self._get(conn, run_id)
+        return await self._writer.run(op)
+
+    # -- worker -------------------------------------------------------------------------
+    async def claim_runs(self, worker_id: str, *, limit: int, lease_seconds: float,
+                         workflows: Sequence[str] | None = None,
+                         run_ids: Sequence[str] | None = None,
+                         reclaim_own: bool = False) -> list[ClaimedRun]:
+        """Lease up to ``limit`` runnable runs and load their histories."""
+        filters = ""
+        params: dict[str, Any] = {}
+        if workflows is not None:
+            names = {f"wf{i}": w for i, w in enumerate(workflows)}
+            filters += f" AND workflow IN ({', '.join(':' + k for k in names) or 'NULL'})"
+            params.update(names)
+        if run_ids is not None:
+            ids = {f"id{i}": r for i, r in enumerate(run_ids)}
+            filters += f" AND run_id IN ({', '.join(':' + k for k in ids) or 'NULL'})"
+            params.update(ids)
+        sql = (
+            "UPDATE runs SET status = 'running', lease_owner = :worker, lease_expires = :expires,"
+            " epoch = epoch + 1, started_at = COALESCE(started_at, :now), updated_at = :now"
+            f" WHERE run_id IN (SELECT run_id FROM runs WHERE {_RUNNABLE} {filters}"
+            " ORDER BY created_at LIMIT :limit) RETURNING *"
+        )
+
+        def op(conn: Conn, notes: Notes) -> list[ClaimedRun]:
+            now = self.clock()
+            rows = conn.execute(sql, {**params, "now": now, "worker": worker_id,
+                                      "expires": now + lease_seconds, "limit": limit,
+                                      "reclaim": int(reclaim_own)}).fetchall()
+            claimed = []
+            for row in rows:
+                run = run_from_row(row)
+                claimed.append(ClaimedRun(run, Lease(run.run_id, worker_id, run.epoch),
+                                          self._history(conn, run.run_id)))
+            return claimed
+        return await self._writer.run(op)
+
+    async def renew_leases(self, worker_id: str, run_ids: Sequence[str],
+                           lease_seconds: float) -> None:
+        """Extend the leases this worker still holds."""
+        ids = list(run_ids)
+
+        def op(conn: Conn, notes: Notes) -> None:
+            expires = self.clock() + lease_seconds
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                conn.execute(
+                    f"UPDATE runs SET lease_expires = ? WHERE lease_owner = ? AND status = 'running'"
+                    f" AND run_id IN ({', '.join('?' * len(chunk))})", (expires, worker_id, *chunk))
+        if ids:
+            await self._writer.run(op)
+
+    def _fence(self, conn: Conn, lease: Lease, sets: str = "", params: dict[str, Any] | None = None,
+               ) -> float:
+        now = self.clock()
+        cur = conn.execute(
+            f"UPDATE runs SET updated_at = :now {sets} WHERE run_id = :run_id AND epoch = :epoch"
+            " AND status = 'running'",
+            {"now": now, "run_id": lease.run_id, "epoch": lease.epoch, **(params or {})},
+        )
+        if cur.rowcount != 1:
+            raise LeaseLost(f"run {lease.run_id}: lease of {lease.owner} (epoch {lease.epoch}) lost")
+        return now
+
+    @staticmethod
+    def _insert_steps(conn: Conn, run_id: str, steps: Sequence[Step]) -> None:
+        conn.executemany(
+            "INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, s.seq, s.kind.value, s.name, s.value, s.error, s.recorded_at) for s in steps],
+        )
+
+    async def release_run(self, lease: Lease) -> None:
+        """Hand a held run back as pending."""
+        def op(conn: Conn, notes: Notes) -> None:
+            try:
+                self._fence(conn, lease, ", status = 'pending', lease_owner = NULL,"
+                            " lease_expires = NULL")
+            except LeaseLost:
+                return
+            notes.append(Notification(NotificationKind.RUNNABLE, lease.run_id))
+        await self._writer.run(op)
+
+    async def append_steps(self, lease: Lease, steps: Sequence[Step],
+                           outbox: Sequence[CloudEventRecord] = ()) -> None:
+        """Record steps and emitted events in one commit, fenced by the lease."""
+        def op(conn: Conn, notes: Notes) -> None:
+            now = self._fence(conn, lease, ", " + _CLEAR_WAIT, wait_columns(None))
+            self._insert_steps(conn, lease.run_id, steps)
+            if outbox:
+                namespace = conn.execute("SELECT namespace FROM runs WHERE run_id = ?",
+                                         (lease.run_id,)).fetchone()[0]
+                conn.executemany(
+                    "INSERT INTO outbox (run_id, namespace, record, next_attempt_at, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(lease.run_id, namespace, record_to_json(r), now, now) for r in outbox])
+                notes.append(Notification(NotificationKind.OUTBOX, lease.run_id))
+        await self._writer.run(op)
+
+    async def begin_event_wait(self, lease: Lease, wait: Wait,
+                               steps: Sequence[Step] = ()) -> EventWaitResult:
+        """Consume an event already there, or suspend the run waiting for one."""
+        def op(conn: Conn, notes: Notes) -> EventWaitResult:
+            now = self._fence(conn, lease)
+            self._insert_steps(conn, lease.run_id, steps)
+            run = self._get(conn, lease.run_id)
+            found = self._find_waiting_event(conn, run, wait)
+            if found is not None:
+                pk, record = found
+                step = self._deliver(conn, run.run_id, wait, pk, record, now)
+                conn.execute(f"UPDATE runs SET {_CLEAR_WAIT} WHERE run_id = :run_id",
+                             {"run_id": run.run_id, **wait_columns(None)})
+                return EventWaitResult(step)
+            cols = wait_columns(wait)
+            conn.execute(
+                "UPDATE runs SET status = 'waiting_for_event', lease_owner = NULL,"
+                f" lease_expires = NULL, {', '.join(f'{c} = :{c}' for c in cols)}"
+                " WHERE run_id = :run_id", {"run_id": run.run_id, **cols})
+            if wait.wake_at is not None:
+                notes.append(Notification(NotificationKind.TIMER, run.run_id, wait.wake_at))
+            return EventWaitResult(None)
+        return await self._writer.run(op)
+
+    def _find_waiting_event(self, conn: Conn, run: Run, wait: Wait
+                            ) -> tuple[int, CloudEventRecord] | None:
+        since = (wait.started_at or self.clock()) - (wait.lookback or 0.0)
+        rows = conn.execute(
+            "SELECT pk, record FROM events WHERE namespace = :ns AND type = :type"
+            " AND (target_run = :run OR (target_run IS NULL AND received_at >= :since))"
+            " AND pk NOT IN (SELECT event_pk FROM consumptions WHERE run_id = :run)"
+            " ORDER BY pk",
+            {"ns": run.namespace, "type": wait.event_type, "run": run.run_id, "since": since})
+        for row in rows:
+            record = record_from_json(row["record"])
+            if event_matches(record, wait.match):
+                return row["pk"], record
+        return None
+
+    @staticmethod
+    def _deliver(conn: Conn, run_id: str, wait: Wait, pk: int, record: CloudEventRecord,
+                 now: float) -> Step:
+        step = Step(wait.seq, StepKind.EVENT, record.type, record_to_json(record), now)
+        conn.execute("INSERT INTO consumptions (run_id, event_pk) VALUES (?, ?)", (run_id, pk))
+        SqliteStore._insert_steps(conn, run_id, [step])
+        return step
+
+    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
+        """Suspend on a timer or retry delay."""
+        cols = wait_columns(wait)
+        sets = (", status = 'waiting_for_timer', lease_owner = NULL, lease_expires = NULL, "
+                + ", ".join(f"{c} = :{c}" for c in cols))
+
+        def op(conn: Conn, notes: Notes) -> None:
+            self._fence(conn, lease, sets, cols)
+            self._insert_steps(conn, lease.run_id, steps)
+            notes.append(Notification(NotificationKind.TIMER, lease.run_id, wait.wake_at))
+        await self._writer.run(op)
+
+    async def finish_run(self, lease: Lease, status: RunStatus, *, result: str | None = None,
+                         error: str | None = None, steps: Sequence[Step] = ()) -> None:
+        """End the run completed or failed."""
+        sets = (", status = :status, result = :result, error = :error, finished_at = :now,"
+                f" lease_owner = NULL, lease_expires = NULL, {_CLEAR_WAIT}")
+        params = {"status": status.value, "result": result, "error": error, **wait_columns(None)}
+
+        def op(conn: Conn, notes: Notes) -> None:
+            self._fence(conn, lease, sets, params)
+            self._insert_steps(conn, lease.run_id, steps)
+            notes.append(Notification(NotificationKind.FINISHED, lease.run_id))
+        await self._writer.run(op)
+
+    async def next_wake_at(self) -> float | None:
+        """The earliest due time of a suspended run."""
+        def op(conn: Conn, notes: Notes) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(wake_at) FROM runs WHERE status IN ('waiting_for_event',"
+                " 'waiting_for_timer') AND wake_at IS NOT NULL").fetchone()
+            return None if row[0] is None else float(row[0])
+        return await self._writer.run(op)
+
+    # -- events -------------------------------------------------------------------------
+    async def accept_events(self, namespace: str,
+                            events: Sequence[CloudEventRecord]) -> list[AcceptResult]:
+        """Commit events (deduplicated) and resume the runs waiting for them."""
+        def op(conn: Conn, notes: Notes) -> list[AcceptResult]:
+            now = self.clock()
+            return [self._accept_one(conn, notes, namespace, ev, now) for ev in events]
+        return await self._writer.run(op)
+
+    def _accept_one(self, conn: Conn, notes: Notes, namespace: str, ev: CloudEventRecord,
+                    now: float) -> AcceptResult:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO events (namespace, source, id, type, target_run, record,"
+            " received_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (namespace, ev.source, ev.id, ev.type, ev.target_run, record_to_json(ev), now,
+             now + self.event_retention))
+        if cur.rowcount != 1:
+            return AcceptResult(AcceptOutcome.DUPLICATE)
+        pk = cur.lastrowid
+        assert pk is not None
+        sql = ("SELECT * FROM runs WHERE namespace = ? AND status = 'waiting_for_event'"
+               " AND wait_type = ?")
+        params: tuple[Any, ...] = (namespace, ev.type)
+        if ev.target_run is not None:
+            sql += " AND run_id = ?"
+            params += (ev.target_run,)
+        resumed = []
+        for row in conn.execute(sql, params).fetchall():
+            run = run_from_row(row)
+            assert run.wait is not None
+            if not event_matches(ev, run.wait.match):
+                continue
+            self._deliver(conn, run.run_id, run.wait, pk, ev, now)
+            conn.execute(
+                f"UPDATE runs SET status = 'pending', updated_at = :now, {_CLEAR_WAIT}"
+                " WHERE run_id = :run_id", {"now": now, "run_id": run.run_id, **wait_columns(None)})
+            notes.append(Notification(NotificationKind.RUNNABLE, run.run_id))
+            resumed.append(run.run_id)
+        return AcceptResult(AcceptOutcome.ACCEPTED, tuple(resumed))
+
+    async def count_events(self) -> int:
+        """How many events are kept."""
+        def op(conn: Conn, notes: Notes) -> int:
+            return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return await self._writer.run(op)
+
+    async def purge_expired(self) -> int:
+        """Drop events past their retention, with their consumption marks."""
+        def op(conn: Conn, notes: Notes) -> int:
+            now = self.clock()
+            conn.execute("DELETE FROM consumptions WHERE event_pk IN"
+                         " (SELECT pk FROM events WHERE expires_at < ?)", (now,))
+            return conn.execute("DELETE FROM events WHERE expires_at < ?", (now,)).rowcount
+        return await self._writer.run(op)
+
+    # -- outbox -------------------------------------------------------------------------
+    async def due_outbox(self, limit: int) -> list[OutboxEntry]:
+        """Entries whose next attempt is due."""
+        def op(conn: Conn, notes: Notes) -> list[OutboxEntry]:
+            rows = conn.execute("SELECT * FROM outbox WHERE next_attempt_at <= ? ORDER BY pk"
+                                " LIMIT ?", (self.clock(), limit))
+            return [outbox_from_row(r) for r in rows]
+        return await self._writer.run(op)
+
+    async def outbox_done(self, pk: int) -> None:
+        """Remove a published entry."""
+        await self._writer.run(
+            lambda conn, notes: conn.execute("DELETE FROM outbox WHERE pk = ?", (pk,)))
+
+    async def outbox_retry(self, pk: int, next_attempt_at: float, error: str) -> None:
+        """Count a failed publish and schedule the next."""
+        await self._writer.run(lambda conn, notes: conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+            " WHERE pk = ?", (next_attempt_at, error, pk)))

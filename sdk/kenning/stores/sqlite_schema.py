@@ -1,0 +1,110 @@
+"""The SQLite schema, versioned with ``PRAGMA user_version``."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from kenning.core.errors import SchemaTooNew
+
+MIGRATIONS: list[str] = [
+    # 1: runs, history, events, consumptions, outbox
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        input TEXT NOT NULL,
+        status TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        updated_at REAL,
+        lease_owner TEXT,
+        lease_expires REAL,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        wait_seq INTEGER,
+        wait_kind TEXT,
+        wake_at REAL,
+        wait_type TEXT,
+        wait_match TEXT,
+        wait_lookback REAL,
+        wait_started REAL,
+        wait_attempt INTEGER NOT NULL DEFAULT 0,
+        wait_error TEXT,
+        pool TEXT,
+        labels TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX runs_active ON runs(status) WHERE status IN ('pending', 'running');
+    CREATE INDEX runs_due ON runs(wake_at)
+        WHERE status IN ('waiting_for_event', 'waiting_for_timer') AND wake_at IS NOT NULL;
+    CREATE INDEX runs_waiting_type ON runs(namespace, wait_type)
+        WHERE status = 'waiting_for_event';
+    CREATE INDEX runs_created ON runs(created_at);
+    CREATE TABLE history (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT,
+        error TEXT,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace TEXT NOT NULL,
+        source TEXT NOT NULL,
+        id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        target_run TEXT,
+        record TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        UNIQUE (source, id)
+    );
+    CREATE INDEX events_kept ON events(namespace, type, received_at);
+    CREATE INDEX events_inbox ON events(target_run, type) WHERE target_run IS NOT NULL;
+    CREATE INDEX events_expiry ON events(expires_at);
+    CREATE TABLE consumptions (
+        run_id TEXT NOT NULL,
+        event_pk INTEGER NOT NULL,
+        PRIMARY KEY (run_id, event_pk)
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        record TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX outbox_due ON outbox(next_attempt_at);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to ``SCHEMA_VERSION``; refuse a database from a newer Kenning."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database has schema version {version} but this Kenning knows up to "
+                f"{SCHEMA_VERSION}: upgrade Kenning before using this database"
+            )
+        for index in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[index].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,205 @@
+"""The client: start runs, look at them, wait for results, cancel, publish events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kenning.core import codec
+from kenning.core.definitions import WorkflowDefinition, encode_input, seconds_of
+from kenning.core.errors import ConfigurationError, RunCancelled, RunFailed, RunNotFound
+from kenning.core.models import (
+    TARGET_RUN_EXTENSION,
+    AcceptResult,
+    CloudEventRecord,
+    NewRun,
+    Notification,
+    NotificationKind,
+    Run,
+    RunStatus,
+    Step,
+    WaitKind,
+)
+from kenning.core.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingFor:
+    """What a suspended run waits for: an event (type and match) or a wake time."""
+
+    kind: str
+    event_type: str | None = None
+    match: dict[str, Any] | None = None
+    wake_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A run as users see it; ``result`` is decoded JSON."""
+
+    run_id: str
+    workflow: str
+    namespace: str
+    status: RunStatus
+    result: Any
+    error: str | None
+    waiting_for: WaitingFor | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_run(cls, run: Run) -> RunInfo:
+        """The user's view of a stored run."""
+        waiting = None
+        if run.wait is not None and run.status in (
+            RunStatus.WAITING_FOR_EVENT, RunStatus.WAITING_FOR_TIMER
+        ):
+            waiting = WaitingFor(
+                kind=run.wait.kind.value,
+                event_type=run.wait.event_type if run.wait.kind is WaitKind.EVENT else None,
+                match=run.wait.match,
+                wake_at=_dt(run.wait.wake_at),
+            )
+        return cls(
+            run_id=run.run_id,
+            workflow=run.workflow,
+            namespace=run.namespace,
+            status=run.status,
+            result=codec.loads(run.result),
+            error=run.error,
+            waiting_for=waiting,
+            created_at=datetime.fromtimestamp(run.created_at, UTC),
+            started_at=_dt(run.started_at),
+            finished_at=_dt(run.finished_at),
+        )
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+class Client:
+    """Talks to the store directly; needs no workflow code except to validate input."""
+
+    def __init__(self, store: Store, *, namespace: str = "default") -> None:
+        self.store = store
+        self.namespace = namespace
+
+    async def start(
+        self,
+        workflow: WorkflowDefinition[Any, Any] | str,
+        /,
+        *args: Any,
+        run_id: str | None = None,
+        namespace: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Start a run (idempotent on ``run_id``); returns its id.
+
+        With a ``WorkflowDefinition`` the arguments are checked against its signature and
+        types first; with a name they are stored as given.
+        """
+        if isinstance(workflow, WorkflowDefinition):
+            name, payload = workflow.name, workflow.encode_arguments(args, kwargs)
+        elif isinstance(workflow, str) and workflow:
+            name, payload = workflow, encode_input(args, kwargs)
+        else:
+            raise ConfigurationError("start needs a @workflow or a workflow name")
+        new = NewRun(run_id=run_id or f"run-{uuid.uuid4().hex[:16]}",
+                     namespace=namespace or self.namespace, workflow=name, input=payload)
+        run, _created = await self.store.create_run(new)
+        if run.workflow != name:
+            raise ConfigurationError(
+                f"run id '{run.run_id}' already belongs to workflow '{run.workflow}'")
+        return run.run_id
+
+    async def get_run(self, run_id: str) -> RunInfo:
+        """The run's status, result, error and what it waits for."""
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run with id '{run_id}'")
+        return RunInfo.from_run(run)
+
+    async def list_runs(self, *, namespace: str | None = None, status: RunStatus | None = None,
+                        workflow: str | None = None, limit: int = 100) -> list[RunInfo]:
+        """Runs, newest first."""
+        runs = await self.store.list_runs(namespace=namespace, status=status,
+                                          workflow=workflow, limit=limit)
+        return [RunInfo.from_run(r) for r in runs]
+
+    async def history(self, run_id: str) -> list[Step]:
+        """The run's recorded steps."""
+        if await self.store.get_run(run_id) is None:
+            raise RunNotFound(f"no run with id '{run_id}'")
+        return await self.store.load_history(run_id)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by request") -> RunInfo:
+        """Cancel a run that has not finished (waiting or not)."""
+        return RunInfo.from_run(await self.store.cancel_run(run_id, reason))
+
+    async def wait_finished(self, run_id: str, timeout: float | None = None) -> RunInfo:
+        """Wait until the run is completed, failed or cancelled."""
+        finished = asyncio.Event()
+
+        def on_note(note: Notification) -> None:
+            if note.kind is NotificationKind.FINISHED and note.run_id == run_id:
+                finished.set()
+
+        unsubscribe = self.store.subscribe(on_note)
+        try:
+            async with asyncio.timeout(timeout):
+                poll = 0.05
+                while True:
+                    info = await self.get_run(run_id)
+                    if info.status.finished:
+                        return info
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(finished.wait(), poll)
+                    poll = min(poll * 2, 1.0)
+        finally:
+            unsubscribe()
+
+    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """The run's result; raises ``RunFailed``, ``RunCancelled`` or ``TimeoutError``."""
+        info = await self.wait_finished(run_id, timeout)
+        if info.status is RunStatus.FAILED:
+            raise RunFailed(run_id, info.error or "unknown error")
+        if info.status is RunStatus.CANCELLED:
+            raise RunCancelled(run_id, info.error or "cancelled")
+        return info.result
+
+    async def publish(
+        self,
+        type: str,
+        data: Any = None,
+        *,
+        source: str = "/kenning/client",
+        id: str | None = None,
+        subject: str | None = None,
+        to_run: str | None = None,
+        extensions: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+    ) -> AcceptResult:
+        """Deliver an event straight to the store, as the sink would."""
+        ext = {k: str(v) for k, v in (extensions or {}).items()}
+        if to_run is not None:
+            ext[TARGET_RUN_EXTENSION] = to_run
+        record = CloudEventRecord(
+            id=id or str(uuid.uuid4()), source=source, type=type, subject=subject,
+            time=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            datacontenttype="application/json", data=codec.dumps(codec.to_jsonable(data)),
+            extensions=ext)
+        results: Sequence[AcceptResult] = await self.store.accept_events(
+            namespace or self.namespace, [record])
+        return results[0]
+
+
+def timeout_seconds(value: Any) -> float | None:
+    """Seconds from a timedelta or number (``None`` stays ``None``)."""
+    return None if value is None else seconds_of(value, "timeout")

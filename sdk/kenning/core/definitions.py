@@ -154,7 +154,9 @@ class ActivityDefinition(Generic[P, R]):
         self.fn = fn
         self.name = name or fn.__name__
         self.retry = retry or DEFAULT_RETRY
-        self.timeout = None if timeout is None else seconds_of(timeout, f"activity {self.name} timeout")
+        self.timeout = (
+            None if timeout is None else seconds_of(timeout, f"activity {self.name} timeout")
+        )
         self.signature = _Signature(fn, "activity", self.name)
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
@@ -229,7 +231,9 @@ class Registry:
         for name, defs in _CATALOGUE.items():
             distinct = {id(d.fn): d for d in defs}
             if len(distinct) > 1:
-                places = ", ".join(f"{d.fn.__module__}.{d.fn.__qualname__}" for d in distinct.values())
+                places = ", ".join(
+                    f"{d.fn.__module__}.{d.fn.__qualname__}" for d in distinct.values()
+                )
                 raise ConfigurationError(
                     f"workflow name '{name}' is used by {places}; give one a distinct name= "
                     f"or pass workflows=[...] explicitly"

@@ -65,8 +65,8 @@ def decode_event_data(data: Any, model: type[M]) -> M:
     try:
         if isinstance(model, type) and issubclass(model, BaseModel):
             if isinstance(data, (bytes, str)):
-                return model.model_validate_json(data)  # type: ignore[return-value]
-            return model.model_validate(data)  # type: ignore[return-value]
+                return model.model_validate_json(data)
+            return model.model_validate(data)
         adapter: TypeAdapter[M] = TypeAdapter(model)
         if isinstance(data, (bytes, str)):
             return adapter.validate_json(data)

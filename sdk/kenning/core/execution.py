@@ -41,7 +41,7 @@ class Abandoned(BaseException):
     """Unwinds a workflow whose lease was lost: another owner or a cancel took over."""
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """How an execution ended on this worker."""
 
     COMPLETED = "completed"
@@ -219,8 +219,7 @@ class RunExecution:
         error_type = type(exc).__name__
         policy = defn.retry
         final = (
-            isinstance(exc, TerminalError)
-            or isinstance(exc, policy.non_retryable)
+            isinstance(exc, (TerminalError, *policy.non_retryable))
             or attempt >= policy.max_attempts
         )
         if final:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """Where a run is in its life. Kubernetes phases are the same words in CamelCase."""
 
     PENDING = "pending"
@@ -32,7 +32,7 @@ class RunStatus(str, enum.Enum):
 _FINISHED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
-class StepKind(str, enum.Enum):
+class StepKind(enum.StrEnum):
     """What a history entry records."""
 
     ACTIVITY = "activity"
@@ -42,7 +42,7 @@ class StepKind(str, enum.Enum):
     SEND = "send"
 
 
-class WaitKind(str, enum.Enum):
+class WaitKind(enum.StrEnum):
     """Why a suspended run waits."""
 
     EVENT = "event"
@@ -160,7 +160,7 @@ class CloudEventRecord:
 TARGET_RUN_EXTENSION = "kenningrun"
 
 
-class AcceptOutcome(str, enum.Enum):
+class AcceptOutcome(enum.StrEnum):
     """What accepting one event did."""
 
     ACCEPTED = "accepted"
@@ -187,7 +187,7 @@ class OutboxEntry:
     next_attempt_at: float
 
 
-class NotificationKind(str, enum.Enum):
+class NotificationKind(enum.StrEnum):
     """What changed in the store."""
 
     RUNNABLE = "runnable"

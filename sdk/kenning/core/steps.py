@@ -1,4 +1,4 @@
-"""The durable steps a workflow awaits: ``wait_event``, ``sleep``, ``sleep_until``, ``send_event``."""
+"""Durable steps a workflow awaits: ``wait_event``, ``sleep``, ``sleep_until``, ``send_event``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from kenning.core.errors import ConfigurationError, EventTimeout, KenningError
 from kenning.core.events import ReceivedEvent, record_from_json, record_to_json
 from kenning.core.execution import RunExecution
 from kenning.core.matching import validate_match
-from kenning.core.models import TARGET_RUN_EXTENSION, CloudEventRecord, Step, StepKind, Wait, WaitKind
+from kenning.core.models import (
+    TARGET_RUN_EXTENSION,
+    CloudEventRecord,
+    Step,
+    StepKind,
+    Wait,
+    WaitKind,
+)
 
 SLEEP_STEP = "sleep"
 
@@ -152,10 +159,12 @@ def build_outgoing(
     ext = {k: str(v) for k, v in (extensions or {}).items()}
     if to_run is not None:
         ext[TARGET_RUN_EXTENSION] = to_run
+    payload: str | None = None
+    payload_b64: str | None = None
     if isinstance(data, bytes):
-        payload, payload_b64, ctype = None, base64.b64encode(data).decode(), "application/octet-stream"
+        payload_b64, ctype = base64.b64encode(data).decode(), "application/octet-stream"
     else:
-        payload, payload_b64, ctype = codec.dumps(codec.to_jsonable(data)), None, "application/json"
+        payload, ctype = codec.dumps(codec.to_jsonable(data)), "application/json"
     return CloudEventRecord(
         id=str(ctx.uuid()),
         source=source or f"/kenning/{ctx.namespace}/runs/{ctx.run_id}",

@@ -93,7 +93,9 @@ class Store(Protocol):
         ``reclaim_own`` also takes runs leased to ``worker_id`` itself: a restarted process
         with the same worker id picks its unfinished runs up without waiting for expiry."""
 
-    async def renew_leases(self, worker_id: str, run_ids: Sequence[str], lease_seconds: float) -> None:
+    async def renew_leases(
+        self, worker_id: str, run_ids: Sequence[str], lease_seconds: float
+    ) -> None:
         """Push the lease expiry of the runs this worker still holds."""
 
     async def release_run(self, lease: Lease) -> None:

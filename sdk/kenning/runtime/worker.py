@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 from kenning.core.definitions import Registry
 from kenning.core.execution import Outcome, RunExecution
 from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind

@@ -212,9 +212,11 @@ class SqliteStore:
             expires = self.clock() + lease_seconds
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
+                marks = ", ".join("?" * len(chunk))
                 conn.execute(
-                    f"UPDATE runs SET lease_expires = ? WHERE lease_owner = ? AND status = 'running'"
-                    f" AND run_id IN ({', '.join('?' * len(chunk))})", (expires, worker_id, *chunk))
+                    "UPDATE runs SET lease_expires = ? WHERE lease_owner = ?"
+                    f" AND status = 'running' AND run_id IN ({marks})",
+                    (expires, worker_id, *chunk))
         if ids:
             await self._writer.run(op)
 
@@ -227,7 +229,8 @@ class SqliteStore:
             {"now": now, "run_id": lease.run_id, "epoch": lease.epoch, **(params or {})},
         )
         if cur.rowcount != 1:
-            raise LeaseLost(f"run {lease.run_id}: lease of {lease.owner} (epoch {lease.epoch}) lost")
+            raise LeaseLost(
+                f"run {lease.run_id}: lease of {lease.owner} (epoch {lease.epoch}) was lost")
         return now
 
     @staticmethod

@@ -93,7 +93,12 @@ async def main(serve_only: bool = False, port: int = 8001) -> None:
             return
         server = asyncio.create_task(app.serve(port=port))
         try:
-            await post_payment_event(port)
+            poster = asyncio.create_task(post_payment_event(port))
+            await asyncio.wait([server, poster], return_when=asyncio.FIRST_COMPLETED)
+            if server.done():  # the sink could not start: say why
+                poster.cancel()
+                server.result()
+            await poster
             result = await app.result(run_id, timeout=30)
             print(f"run {run_id} completed: {json.dumps(result)}")
         finally:

@@ -94,13 +94,18 @@ class Worker:
         timeout = self.options.poll_interval
         if self._alarm is not None:
             timeout = min(timeout, max(0.0, self._alarm - self.store.clock()))
-        if timeout > 0 and not self._wakeup.is_set():
+        woken = self._wakeup.is_set()
+        if timeout > 0 and not woken:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+                woken = True
         self._wakeup.clear()
-        now = self.store.clock()
-        if self._alarm is None or self._alarm <= now or timeout == self.options.poll_interval:
-            self._alarm_known = False  # re-read the nearest timer after this claim
+        alarm_rang = self._alarm is not None and self._alarm <= self.store.clock()
+        if alarm_rang or not woken:
+            # after this claim, re-read the nearest timer: this one is being served, and the
+            # fallback poll also catches timers set by processes we cannot hear
+            self._alarm = None
+            self._alarm_known = False
 
     async def _claim(self, *, reclaim_own: bool = False) -> None:
         while not self._stopping:

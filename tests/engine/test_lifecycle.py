@@ -206,3 +206,34 @@ def test_duplicate_workflow_names_in_the_catalogue_are_an_error() -> None:
     assert isinstance(changed, WorkflowDefinition)
     with pytest.raises(ConfigurationError, match="workflow name 'deterministic' is used by"):
         Registry.from_catalogue()
+
+
+@workflow(name="shrinking")
+async def shrinking_v1(ctx: WorkflowContext) -> None:
+    await note(ctx, "v1 only")
+    await wait_event(ctx, "go")
+
+
+@workflow(name="shrinking")
+async def shrinking_v2(ctx: WorkflowContext) -> str:
+    return "the new code takes no step at all"
+
+
+async def test_code_that_skips_recorded_steps_is_non_deterministic(
+    make_app: AppFactory,
+) -> None:
+    async with make_app([shrinking_v1]) as app:
+        run_id = await app.start(shrinking_v1)
+        await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
+    async with make_app([shrinking_v2]) as app:
+        await app.publish("go", None)
+        with pytest.raises(RunFailed) as failed:
+            await app.result(run_id, timeout=5)
+        assert (f"run {run_id} step 0: history has activity 'note', code returned without it"
+                in failed.value.error)
+
+
+async def test_starting_an_unregistered_definition_serves_it(make_app: AppFactory) -> None:
+    async with make_app([]) as app:
+        run_id = await naps.start(app)
+        await wait_status(app, run_id, RunStatus.WAITING_FOR_TIMER)

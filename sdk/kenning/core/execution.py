@@ -79,6 +79,7 @@ class RunExecution:
             args, kwargs = decode_input(self.run.input)
             args, kwargs = self.definition.signature.rebuild_arguments(args, kwargs)
             value = await self.definition.fn(ctx, *args, **kwargs)
+            self._check_history_consumed()
             result = codec.dumps(codec.to_jsonable(value))
         except Suspended:
             return Outcome.SUSPENDED
@@ -109,6 +110,16 @@ class RunExecution:
         return Outcome.FAILED
 
     # -- history ------------------------------------------------------------------------
+    def _check_history_consumed(self) -> None:
+        extra = sorted(seq for seq in self.history if seq >= self._next_seq)
+        if extra:
+            step = self.history[extra[0]]
+            raise NonDeterminismError(
+                f"run {self.run.run_id} step {step.seq}: history has {step.kind.value} "
+                f"'{step.name}', code returned without it — the workflow's code changed under "
+                f"a running run"
+            )
+
     def take_seq(self) -> int:
         """The next history position."""
         seq = self._next_seq

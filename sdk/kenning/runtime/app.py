@@ -104,6 +104,21 @@ class App(Client):
             await self._http_publisher.close()
         await self.store.close()
 
+    async def start(
+        self,
+        workflow: WorkflowDefinition[Any, Any] | str,
+        /,
+        *args: Any,
+        run_id: str | None = None,
+        namespace: str | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Start a run; a workflow definition not yet served by this app is added to it."""
+        if (isinstance(workflow, WorkflowDefinition) and self.registry is not None
+                and workflow.name not in self.registry):
+            self.registry.add(workflow)
+        return await super().start(workflow, *args, run_id=run_id, namespace=namespace, **kwargs)
+
     async def serve(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         """Serve the CloudEvents sink (and keep the worker running) until cancelled."""
         from kenning.runtime.sink import create_sink_app, serve_sink

@@ -370,8 +370,8 @@ class SqliteStore:
         pk = cur.lastrowid
         assert pk is not None
         sql = ("SELECT * FROM runs WHERE namespace = ? AND status = 'waiting_for_event'"
-               " AND wait_type = ?")
-        params: tuple[Any, ...] = (namespace, ev.type)
+               " AND wait_type = ? AND (wake_at IS NULL OR wake_at > ?)")
+        params: tuple[Any, ...] = (namespace, ev.type, now)
         if ev.target_run is not None:
             sql += " AND run_id = ?"
             params += (ev.target_run,)

@@ -163,7 +163,7 @@ async def times_out(ctx: WorkflowContext) -> None:
 async def test_activity_timeout(make_app: AppFactory) -> None:
     async with make_app([times_out]) as app:
         run_id = await times_out.start(app)
-        with pytest.raises(RunFailed, match="timed out after 0.05 s"):
+        with pytest.raises(RunFailed, match=r"timed out after 0\.05 s"):
             await app.result(run_id, timeout=5)
 
 

@@ -192,7 +192,7 @@ def test_bad_match_keys_are_rejected() -> None:
     from kenning.core.matching import validate_match
 
     assert validate_match({"data.order_id": "A", "subject": "s", "myext": "1"}) is not None
-    with pytest.raises(ConfigurationError, match="'subject.x'"):
+    with pytest.raises(ConfigurationError, match=r"'subject\.x'"):
         validate_match({"subject.x": 1})
     with pytest.raises(ConfigurationError, match="'Not-An-Ext'"):
         validate_match({"Not-An-Ext": 1})

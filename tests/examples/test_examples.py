@@ -12,6 +12,7 @@ from typing import Any
 
 from examples.fulfillment import fulfillment_workflow
 from examples.order_timeout import PAID_ORDERS, order_timeout_workflow
+
 from kenning import App, RunStatus
 from kenning.runtime.worker import WorkerOptions
 

@@ -76,8 +76,10 @@ class App(Client):
 
     async def open(self) -> None:
         """Open the store and start the worker and outbox (when enabled)."""
-        self.registry = (Registry(self._workflows) if self._workflows is not None
-                         else Registry.from_catalogue())
+        if self._workflows is not None or not self._run_worker:
+            self.registry = Registry(self._workflows or ())
+        else:
+            self.registry = Registry.from_catalogue()
         await self.store.open()
         if not self._run_worker:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ class Client:
 
     def __init__(self, store: Store, *, namespace: str = "default") -> None:
         self.store = store
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)
 
     async def start(
         self,
@@ -112,7 +113,8 @@ class Client:
         else:
             raise ConfigurationError("start needs a @workflow or a workflow name")
         new = NewRun(run_id=run_id or f"run-{uuid.uuid4().hex[:16]}",
-                     namespace=namespace or self.namespace, workflow=name, input=payload)
+                     namespace=check_namespace(namespace or self.namespace),
+                     workflow=name, input=payload)
         run, _created = await self.store.create_run(new)
         if run.workflow != name:
             raise ConfigurationError(
@@ -196,8 +198,20 @@ class Client:
             datacontenttype="application/json", data=codec.dumps(codec.to_jsonable(data)),
             extensions=ext)
         results: Sequence[AcceptResult] = await self.store.accept_events(
-            namespace or self.namespace, [record])
+            check_namespace(namespace or self.namespace), [record])
         return results[0]
+
+
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def check_namespace(namespace: str) -> str:
+    """Return ``namespace`` if it is a Kubernetes namespace name (DNS-1123 label)."""
+    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+        raise ConfigurationError(
+            f"namespace {namespace!r} is not a valid Kubernetes namespace name: lower-case "
+            f"letters, digits and '-', at most 63, starting and ending alphanumeric")
+    return namespace
 
 
 def timeout_seconds(value: Any) -> float | None:

@@ -1,0 +1,242 @@
+"""The ``kenning`` command line: serve workflows, start and inspect runs, send events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from kenning.runtime import config
+from kenning.runtime.app import App
+from kenning.runtime.cli_common import (
+    EXIT_CODES_HELP,
+    CliFailure,
+    F,
+    KenningGroup,
+    database_option,
+    namespace_option,
+    run_async,
+)
+from kenning.runtime.cli_runs import runs, start
+from kenning.runtime.cli_send import send
+from kenning.runtime.loader import load_workflows
+from kenning.runtime.worker import WorkerOptions
+from kenning.stores import open_store
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from kenning.core.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@click.group(cls=KenningGroup, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, envvar=config.ENV_DEBUG,
+              help="Show tracebacks of errors (and log at debug level).")
+@click.option("--log-level", type=click.Choice(config.LOG_LEVELS, case_sensitive=False),
+              envvar=config.ENV_LOG_LEVEL, show_envvar=True, default=None,
+              help="Log level. Default: info for dev/worker/sink, warning otherwise.")
+@click.version_option(package_name="kenning", prog_name="kenning")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, log_level: str | None) -> None:
+    """Kenning: durable async workflows for Python.
+
+    Serve workflow code with `dev` (worker and sink in one process), `worker` and `sink`;
+    start runs with `start`, look at them with `runs`, and send events with `send`.
+    """
+    serving = ctx.invoked_subcommand in ("dev", "worker", "sink")
+    level = "debug" if debug else (log_level or ("info" if serving else "warning"))
+    config.configure_logging(level.lower())
+
+
+main.add_command(start)
+main.add_command(runs)
+main.add_command(send)
+
+
+# -- options of the serving commands -------------------------------------------------------
+def _host_option(fn: F) -> F:
+    return click.option("--host", envvar=config.ENV_HOST, default=config.DEFAULT_HOST,
+                        show_default=True, show_envvar=True,
+                        help="Interface the sink listens on (0.0.0.0 for all).")(fn)
+
+
+def _port_option(fn: F) -> F:
+    return click.option("--port", type=click.IntRange(0, 65535), envvar=list(config.ENV_PORT),
+                        default=config.DEFAULT_PORT, show_default=True, show_envvar=True,
+                        help="Port the sink listens on (0: any free port).")(fn)
+
+
+def _worker_id_option(fn: F) -> F:
+    return click.option("--worker-id", envvar=config.ENV_WORKER_ID, default=None,
+                        show_envvar=True,
+                        help="This worker's identity for leases; unique per process. "
+                             "Default: <hostname>-<pid>.")(fn)
+
+
+def _token_option(fn: F) -> F:
+    return click.option("--token", envvar=config.ENV_SINK_TOKEN, default=None,
+                        show_envvar=True,
+                        help="Require 'Authorization: Bearer <token>' on the sink.")(fn)
+
+
+# -- dev ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("module_or_file")
+@database_option
+@_host_option
+@_port_option
+@_worker_id_option
+@namespace_option("Namespace of events posted to / (runs they start or wake).")
+@_token_option
+def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str | None,
+        namespace: str, token: str | None) -> None:
+    """Serve MODULE_OR_FILE's workflows: worker and CloudEvents sink in one process.
+
+    MODULE_OR_FILE is a dotted module (examples.payment) or a path (flows/payment.py);
+    every @workflow it defines is served. Runs until SIGINT or SIGTERM, then hands its runs
+    back and exits 0.
+    """
+    workflows = load_workflows(module_or_file)
+
+    async def go() -> None:
+        async with App(database, worker_id, namespace=namespace, workflows=workflows) as app:
+            runner = await _start_sink(app.store, host, port, namespace, token)
+            try:
+                names = ", ".join(wf.name for wf in workflows)
+                click.echo(f"kenning dev: sink on {_listening(runner, host)}, worker "
+                           f"{app.worker_id} serving {names} (database {_redact(database)}); "
+                           f"Ctrl-C to stop")
+                await _until_signalled()
+            finally:
+                await runner.cleanup()
+
+    run_async(go())
+
+
+# -- worker ------------------------------------------------------------------------------
+@main.command()
+@click.option("--module", "-m", "module_or_file", required=True, envvar=config.ENV_MODULE,
+              show_envvar=True, metavar="MODULE_OR_FILE",
+              help="Dotted module or .py file whose @workflow functions are served.")
+@database_option
+@_worker_id_option
+@click.option("--max-runs", type=click.IntRange(min=1), default=WorkerOptions.max_runs,
+              show_default=True, help="Most runs held at once.")
+@click.option("--event-target", envvar=list(config.ENV_EVENT_TARGET), default=None,
+              show_envvar=True,
+              help="URL that events sent by workflows are POSTed to (a Knative broker). "
+                   "Default: delivered to this store directly.")
+def worker(module_or_file: str, database: str, worker_id: str | None, max_runs: int,
+           event_target: str | None) -> None:
+    """Run a worker (and the outbox dispatcher) for a module's workflows; no sink.
+
+    Stops gracefully on SIGTERM or SIGINT: held runs are handed back for another worker.
+    """
+    workflows = load_workflows(module_or_file)
+    options = WorkerOptions(max_runs=max_runs)
+
+    async def go() -> None:
+        # "" keeps App from falling back to $K_SINK when neither variable named it.
+        async with App(database, worker_id, workflows=workflows, event_target=event_target or "",
+                       worker_options=options) as app:
+            names = ", ".join(wf.name for wf in workflows)
+            target = event_target or "this store"
+            click.echo(f"kenning worker {app.worker_id}: serving {names} (database "
+                       f"{_redact(database)}, events to {target}); Ctrl-C to stop")
+            await _until_signalled()
+
+    run_async(go())
+
+
+# -- sink --------------------------------------------------------------------------------
+@main.command()
+@database_option
+@_host_option
+@_port_option
+@_token_option
+@namespace_option("Namespace of events posted to / (runs they start or wake).")
+def sink(database: str, host: str, port: int, token: str | None, namespace: str) -> None:
+    """Serve the CloudEvents sink only (no workflow code needed).
+
+    Events posted to / go to --namespace; events posted to /namespaces/<ns> to <ns>.
+    """
+    async def go() -> None:
+        store = open_store(database)
+        await store.open()
+        try:
+            runner = await _start_sink(store, host, port, namespace, token)
+            try:
+                click.echo(f"kenning sink on {_listening(runner, host)} (database "
+                           f"{_redact(database)}, namespace '{namespace}'); Ctrl-C to stop")
+                await _until_signalled()
+            finally:
+                await runner.cleanup()
+        finally:
+            await store.close()
+
+    run_async(go())
+
+
+# -- helpers -----------------------------------------------------------------------------
+async def _start_sink(store: Store, host: str, port: int, namespace: str,
+                      token: str | None) -> web.AppRunner:
+    from kenning.runtime.sink import create_sink_app, serve_sink
+
+    web_app = create_sink_app(store, default_namespace=namespace, token=token)
+    try:
+        return await serve_sink(web_app, host, port)
+    except OSError as exc:
+        raise CliFailure(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _listening(runner: web.AppRunner, host: str) -> str:
+    """``http://host:port`` of the first bound address (the real port when 0 was asked)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return f"http://{host}:{address[1]}"
+    return f"http://{host}"
+
+
+def _redact(database: str) -> str:
+    """The database setting without a password."""
+    parts = urlsplit(database)
+    if parts.password is None:
+        return database
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _until_signalled() -> None:
+    """Wait for SIGINT or SIGTERM; a second one interrupts the shutdown."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    caught: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        caught.append(sig)
+        stop.set()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    if caught:
+        click.echo(f"kenning: {caught[0].name} received, stopping", err=True)
+
+
+if __name__ == "__main__":
+    main()

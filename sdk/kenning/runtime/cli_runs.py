@@ -1,0 +1,270 @@
+"""``kenning start`` and ``kenning runs ...``: runs in the store, no workflow code needed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import click
+
+from kenning.core.definitions import encode_input, input_from_json
+from kenning.core.errors import ConfigurationError
+from kenning.core.models import NewRun, RunStatus, Step
+from kenning.runtime.cli_common import (
+    EXIT_FAILED,
+    EXIT_TIMEOUT,
+    CliFailure,
+    age,
+    database_option,
+    iso,
+    namespace_option,
+    open_client,
+    output_option,
+    parse_json_option,
+    print_table,
+    run_async,
+    shorten,
+    timeout_option,
+    to_json,
+)
+from kenning.runtime.client import Client, RunInfo, WaitingFor
+
+log = logging.getLogger(__name__)
+
+
+# -- start -------------------------------------------------------------------------------
+@click.command()
+@click.argument("workflow")
+@click.option("--input", "-i", "input_value", callback=parse_json_option, default=None,
+              metavar="JSON",
+              help="Arguments: an array is positional, an object is keywords, anything else "
+                   "is one argument. @FILE reads it from a file, @- from stdin.")
+@click.option("--id", "run_id", default=None, help="Run id (idempotent: an existing run is "
+              "returned, not started again). Default: a new unique id.")
+@namespace_option()
+@database_option
+@click.option("--wait", is_flag=True, help="Wait for the run to finish and print its result.")
+@timeout_option
+def start(workflow: str, input_value: Any, run_id: str | None, namespace: str, database: str,
+          wait: bool, timeout: float | None) -> None:
+    """Start a run of WORKFLOW (by name) and print its id.
+
+    A worker serving WORKFLOW picks it up. With --wait, also print the result as JSON; a
+    failed or cancelled run exits with code 1.
+    """
+    args, kwargs = input_from_json(input_value)
+    payload = encode_input(args, kwargs)
+
+    async def go() -> None:
+        async with open_client(database, namespace, create=True) as client:
+            new = NewRun(run_id=run_id or f"run-{uuid.uuid4().hex[:16]}", namespace=namespace,
+                         workflow=workflow, input=payload)
+            run, created = await client.store.create_run(new)
+            if run.workflow != workflow:
+                raise ConfigurationError(
+                    f"run id '{run.run_id}' already belongs to workflow '{run.workflow}'")
+            if not created:
+                click.echo(f"run '{run.run_id}' already exists ({run.status}); not started "
+                           f"again", err=True)
+            click.echo(run.run_id)
+            if wait:
+                click.echo(to_json(await _result(client, run.run_id, timeout)))
+
+    run_async(go())
+
+
+async def _result(client: Client, run_id: str, timeout: float | None) -> Any:
+    """The run's result once it finished; ``CliFailure`` on timeout, failure, cancellation."""
+    try:
+        if timeout == 0 and not (await client.get_run(run_id)).status.finished:
+            raise TimeoutError  # --timeout 0: look once, do not wait
+        return await client.result(run_id, timeout)
+    except TimeoutError:
+        status = (await client.get_run(run_id)).status
+        raise CliFailure(f"run '{run_id}' did not finish within {timeout:g}s "
+                         f"(it is {status})", EXIT_TIMEOUT) from None
+
+
+# -- runs --------------------------------------------------------------------------------
+@click.group()
+def runs() -> None:
+    """List runs, look at one, cancel it or wait for its result."""
+
+
+@runs.command("list")
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]), default=None,
+              help="Only runs in this status.")
+@click.option("--workflow", "-w", default=None, help="Only runs of this workflow.")
+@namespace_option()
+@click.option("--all-namespaces", "-A", is_flag=True, help="Runs of every namespace.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="At most this many runs, newest first.")
+@output_option
+@database_option
+def list_runs(status: str | None, workflow: str | None, namespace: str, all_namespaces: bool,
+              limit: int, output: str, database: str) -> None:
+    """List runs, newest first."""
+    async def go() -> list[RunInfo]:
+        async with open_client(database, namespace) as client:
+            return await client.list_runs(
+                namespace=None if all_namespaces else namespace,
+                status=RunStatus(status) if status else None, workflow=workflow, limit=limit)
+
+    infos = run_async(go())
+    if output == "json":
+        click.echo(to_json([run_json(i) for i in infos]))
+        return
+    headers = ["RUN ID", "WORKFLOW", "STATUS", "WAITING FOR", "AGE"]
+    rows = [[i.run_id, i.workflow, i.status.value, shorten(describe_wait(i.waiting_for), 60),
+             age(i.created_at)] for i in infos]
+    if all_namespaces:
+        headers.insert(0, "NAMESPACE")
+        for row, info in zip(rows, infos, strict=True):
+            row.insert(0, info.namespace)
+    if not rows:
+        click.echo("no runs", err=True)
+        return
+    print_table(headers, rows)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@output_option
+@database_option
+def show_run(run_id: str, output: str, database: str) -> None:
+    """Show a run: status, workflow, what it waits for, result or error, times."""
+    async def go() -> RunInfo:
+        async with open_client(database, "default") as client:
+            return await client.get_run(run_id)
+
+    info = run_async(go())
+    doc = run_json(info)
+    if output == "json":
+        click.echo(to_json(doc))
+        return
+    fields = [("run", info.run_id), ("workflow", info.workflow),
+              ("namespace", info.namespace), ("status", info.status.value),
+              ("waiting for", describe_wait(info.waiting_for) or "-"),
+              ("created", doc["created_at"]), ("started", doc["started_at"] or "-"),
+              ("finished", doc["finished_at"] or "-")]
+    if info.status is RunStatus.COMPLETED:
+        fields.append(("result", to_json(info.result, indent=None)))
+    if info.error is not None:
+        fields.append(("error", info.error))
+    for key, value in fields:
+        click.echo(f"{key + ':':<13}{value}")
+
+
+@runs.command("history")
+@click.argument("run_id")
+@output_option
+@database_option
+def run_history(run_id: str, output: str, database: str) -> None:
+    """Show the steps a run recorded: activities, events, timers, timeouts."""
+    async def go() -> list[Step]:
+        async with open_client(database, "default") as client:
+            return await client.history(run_id)
+
+    steps = run_async(go())
+    if output == "json":
+        click.echo(to_json([step_json(s) for s in steps]))
+        return
+    if not steps:
+        click.echo(f"run '{run_id}' has recorded no steps yet", err=True)
+        return
+    rows = [[str(s.seq), s.kind.value, s.name, _step_summary(s), iso(s.recorded_at) or ""]
+            for s in steps]
+    print_table(["SEQ", "KIND", "NAME", "VALUE", "TIME"], rows)
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--reason", default="cancelled from the command line", show_default=True,
+              help="Recorded as the run's error.")
+@database_option
+def cancel_run(run_id: str, reason: str, database: str) -> None:
+    """Cancel a run that has not finished (running or waiting)."""
+    async def go() -> tuple[RunInfo, RunInfo]:
+        async with open_client(database, "default") as client:
+            before = await client.get_run(run_id)
+            return before, await client.cancel(run_id, reason)
+
+    before, after = run_async(go())
+    if not before.status.finished:
+        click.echo(f"cancelled run '{run_id}'")
+    elif before.status is RunStatus.CANCELLED:
+        click.echo(f"run '{run_id}' was already cancelled")
+    else:
+        raise CliFailure(f"run '{run_id}' already finished ({after.status}); nothing to cancel",
+                         EXIT_FAILED)
+
+
+@runs.command("result")
+@click.argument("run_id")
+@timeout_option
+@database_option
+def run_result(run_id: str, timeout: float | None, database: str) -> None:
+    """Wait for a run to finish and print its result as JSON (exit 1 if it failed)."""
+    async def go() -> Any:
+        async with open_client(database, "default") as client:
+            return await _result(client, run_id, timeout)
+
+    click.echo(to_json(run_async(go())))
+
+
+# -- formatting --------------------------------------------------------------------------
+def describe_wait(waiting: WaitingFor | None) -> str:
+    """``order.paid where data.id="A" (until ...)`` or ``timer at ...``; empty if none."""
+    if waiting is None:
+        return ""
+    if waiting.kind != "event":
+        return f"{waiting.kind} at {iso(waiting.wake_at)}"
+    text = waiting.event_type or "an event"
+    if waiting.match:
+        text += " where " + ", ".join(f"{k}={to_json(v, indent=None)}"
+                                      for k, v in waiting.match.items())
+    if waiting.wake_at is not None:
+        text += f" (until {iso(waiting.wake_at)})"
+    return text
+
+
+def run_json(info: RunInfo) -> dict[str, Any]:
+    """A run as a JSON object."""
+    waiting = info.waiting_for
+    return {
+        "run_id": info.run_id, "workflow": info.workflow, "namespace": info.namespace,
+        "status": info.status.value,
+        "waiting_for": None if waiting is None else {
+            "kind": waiting.kind, "event_type": waiting.event_type, "match": waiting.match,
+            "wake_at": iso(waiting.wake_at)},
+        "result": info.result, "error": info.error,
+        "created_at": iso(info.created_at), "started_at": iso(info.started_at),
+        "finished_at": iso(info.finished_at),
+    }
+
+
+def _decode(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def step_json(step: Step) -> dict[str, Any]:
+    """A history step as a JSON object (value and error decoded)."""
+    return {"seq": step.seq, "kind": step.kind.value, "name": step.name,
+            "value": _decode(step.value), "error": _decode(step.error),
+            "recorded_at": iso(step.recorded_at)}
+
+
+def _step_summary(step: Step) -> str:
+    if step.error is not None:
+        error = _decode(step.error)
+        if isinstance(error, dict) and "type" in error:
+            error = f"{error['type']}: {error.get('message', '')}"
+        return shorten(f"error: {error}", 60)
+    return shorten(step.value or "", 60)

@@ -9,6 +9,7 @@ notifications to the event loop. One fsync serves the whole batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -97,7 +98,14 @@ class GroupCommitWriter:
                         stop = True
                         break
                     batch.append(nxt)
-                self._run_batch(conn, batch)
+                try:
+                    self._run_batch(conn, batch)
+                except Exception as exc:  # never leave callers waiting on a dead thread
+                    log.exception("SQLite batch failed unexpectedly")
+                    with contextlib.suppress(sqlite3.Error):
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    self._fail_all(batch, exc)
                 if stop:
                     return
         finally:

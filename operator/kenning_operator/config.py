@@ -1,0 +1,36 @@
+"""The operator's settings: flags or ``KENNING_OPERATOR_*`` environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ENV_PREFIX = "KENNING_OPERATOR_"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """How the operator reaches the store and the cluster, and how it paces itself.
+
+    ``worker_secret`` names the Secret (in each pool's namespace) whose key
+    ``worker_secret_key`` holds the store DSN given to worker pods as ``KENNING_DATABASE``;
+    ``worker_config_map``, when set, is added to their environment as a whole.
+    """
+
+    database: str
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to serve; empty: the whole cluster."""
+    worker_secret: str = "kenning-database"
+    worker_secret_key: str = "database"
+    worker_config_map: str | None = None
+    sweep_interval: float = 5.0
+    """Seconds between catch-up sweeps over unfinished runs (notifications come first)."""
+    flush_delay: float = 0.01
+    """Seconds status changes are gathered before they are patched together."""
+    patch_concurrency: int = 16
+    mirror_external_runs: bool = True
+    """Create a ``WorkflowRun`` for runs started outside Kubernetes."""
+    max_result_bytes: int = 32_768
+    """Results larger than this (JSON) are left out of the resource's status."""
+    api_server: str | None = None
+    """Talk to this API server without credentials (tests); default: in-cluster or kubeconfig."""
+    extra_worker_env: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,67 @@
+"""The Deployment a ``WorkerPool`` owns: its worker pods running ``kenning worker``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kenning_operator.config import OperatorConfig
+from kenning_operator.resources import API_VERSION, MANAGED_BY, POOL_LABEL, WorkerPoolSpec
+
+
+def deployment_name(pool: str) -> str:
+    """The name of a pool's Deployment."""
+    return f"{pool}-workers"[:253]
+
+
+def selector_labels(pool: str) -> dict[str, str]:
+    """Labels that select a pool's pods."""
+    return {"app.kubernetes.io/name": "kenning-worker", POOL_LABEL: pool}
+
+
+def worker_deployment(*, namespace: str, pool: str, uid: str, spec: WorkerPoolSpec,
+                      config: OperatorConfig, replicas: int) -> dict[str, Any]:
+    """The Deployment for a pool (owned by it, so deleting the pool deletes the pods)."""
+    labels = {**selector_labels(pool), "app.kubernetes.io/instance": pool,
+              "app.kubernetes.io/component": "worker",
+              "app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/part-of": "kenning"}
+    env: list[dict[str, Any]] = [
+        {"name": "KENNING_DATABASE", "valueFrom": {"secretKeyRef": {
+            "name": config.worker_secret, "key": config.worker_secret_key}}},
+        {"name": "KENNING_WORKER_ID", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.name"}}},
+        {"name": "KENNING_POOL", "value": pool},
+        *({"name": k, "value": v} for k, v in sorted(config.extra_worker_env.items())),
+        *spec.env,
+    ]
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": spec.image,
+        "command": ["kenning", "worker"],
+        "args": ["--module", spec.module, "--max-runs", str(spec.runs_per_worker)],
+        "env": env,
+    }
+    if config.worker_config_map:
+        container["envFrom"] = [{"configMapRef": {"name": config.worker_config_map}}]
+    if spec.resources:
+        container["resources"] = spec.resources
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    pod_spec: dict[str, Any] = {"containers": [container],
+                                "terminationGracePeriodSeconds": 60}
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(pool), "namespace": namespace, "labels": labels,
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "WorkerPool", "name": pool,
+                                 "uid": uid, "controller": True,
+                                 "blockOwnerDeletion": True}],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector_labels(pool)},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }

@@ -1,0 +1,190 @@
+"""Pool sizing: each ``WorkerPool``'s Deployment follows its runnable and running runs.
+
+A pool scales up at once (from zero when a run becomes runnable) and down only after it
+was larger than needed for ``spec.idleSeconds``. One loop sizes every pool; store
+notifications wake it early, a slow tick catches the rest (timers coming due).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from kenning.core.models import Run, RunStatus
+from kenning.core.store import Store
+from kenning_operator.config import OperatorConfig
+from kenning_operator.deployment import deployment_name, worker_deployment
+from kenning_operator.directory import PoolDirectory, PoolRef
+from kenning_operator.kube import KubeClient, KubeError, resource_path
+from kenning_operator.metrics import Metrics
+from kenning_operator.resources import API_VERSION, WorkerPoolSpec
+from kenning_operator.status import timestamp
+
+log = logging.getLogger(__name__)
+
+COUNT_LIMIT = 50_000
+TIMER_LEAD = 1.0
+"""Seconds before a timer is due that its pool is woken."""
+
+
+@dataclass
+class _PoolState:
+    replicas: int | None = None
+    above_need_since: float | None = None
+    last_active: float | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+def wanted_replicas(active: int, spec: WorkerPoolSpec) -> int:
+    """Workers for ``active`` runs, within the pool's bounds."""
+    need = math.ceil(active / spec.runs_per_worker)
+    return max(spec.min_replicas, min(spec.max_replicas, need))
+
+
+class PoolScaler:
+    """Sizes the Deployments of all pools from the store's runs."""
+
+    def __init__(self, config: OperatorConfig, store: Store, kube: KubeClient,
+                 pools: PoolDirectory, metrics: Metrics, interval: float = 2.0) -> None:
+        self.config = config
+        self.store = store
+        self.kube = kube
+        self.pools = pools
+        self.metrics = metrics
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self._state: dict[tuple[str, str], _PoolState] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the sizing loop."""
+        self._task = asyncio.create_task(self._loop(), name="kenning-op-scaler")
+
+    async def stop(self) -> None:
+        """Stop the loop (Deployments keep their size)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def wake(self) -> None:
+        """Size the pools now (a run became runnable or finished)."""
+        self._wake.set()
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A pool was deleted."""
+        self._state.pop((namespace, name), None)
+
+    async def ensure_deployment(self, pool: PoolRef) -> None:
+        """Create the pool's Deployment, or bring its pod template up to date."""
+        if pool.spec is None:
+            return
+        state = self._state.setdefault((pool.namespace, pool.name), _PoolState())
+        path = resource_path("apps/v1", "deployments", pool.namespace)
+        name = deployment_name(pool.name)
+        existing = await self.kube.get(f"{path}/{name}")
+        replicas = (existing or {}).get("spec", {}).get("replicas")
+        body = worker_deployment(namespace=pool.namespace, pool=pool.name, uid=pool.uid,
+                                 spec=pool.spec, config=self.config,
+                                 replicas=replicas if replicas is not None
+                                 else pool.spec.min_replicas)
+        if existing is None:
+            await self.kube.create(path, body)
+            log.info("created Deployment %s/%s for WorkerPool %s", pool.namespace, name,
+                     pool.name)
+        else:
+            await self.kube.merge_patch(f"{path}/{name}", {
+                "metadata": {"labels": body["metadata"]["labels"],
+                             "ownerReferences": body["metadata"]["ownerReferences"]},
+                "spec": {"template": body["spec"]["template"]}})
+        state.replicas = body["spec"]["replicas"]
+        self.wake()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.size_all()
+            except Exception as exc:
+                self.metrics.api_errors.labels("scale").inc()
+                log.warning("sizing pools failed (retried): %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    async def active_runs(self) -> Counter[tuple[str, str]]:
+        """Runnable and running runs per (namespace, pool)."""
+        runs: list[Run] = []
+        for status in (RunStatus.PENDING, RunStatus.RUNNING):
+            runs.extend(await self.store.list_runs(status=status, limit=COUNT_LIMIT))
+        now = time.time()
+        wake = await self.store.next_wake_at()
+        if wake is not None and wake <= now + TIMER_LEAD:
+            for status in (RunStatus.WAITING_FOR_TIMER, RunStatus.WAITING_FOR_EVENT):
+                runs.extend(r for r in await self.store.list_runs(status=status,
+                                                                  limit=COUNT_LIMIT)
+                            if r.wait and r.wait.wake_at is not None
+                            and r.wait.wake_at <= now + TIMER_LEAD)
+        counts: Counter[tuple[str, str]] = Counter()
+        for run in runs:
+            pool = self.pools.pool_for(run.namespace, run.workflow, run.pool)
+            if pool is not None:
+                counts[(pool.namespace, pool.name)] += 1
+        return counts
+
+    async def size_all(self) -> None:
+        """Size every pool once."""
+        counts = await self.active_runs()
+        for pool in self.pools:
+            if pool.spec is not None:
+                await self._size(pool, pool.spec, counts[(pool.namespace, pool.name)])
+
+    async def _size(self, pool: PoolRef, spec: WorkerPoolSpec, active: int) -> None:
+        key = (pool.namespace, pool.name)
+        state = self._state.setdefault(key, _PoolState())
+        now = time.time()
+        if active:
+            state.last_active = now
+        path = resource_path("apps/v1", "deployments", pool.namespace,
+                             deployment_name(pool.name))
+        deployment = await self.kube.get(path)
+        if deployment is None:
+            return  # ensure_deployment (the pool's handler) creates it
+        current = int(deployment.get("spec", {}).get("replicas") or 0)
+        want = wanted_replicas(active, spec)
+        target = current
+        if want > current:
+            target, state.above_need_since = want, None
+        elif want < current:
+            state.above_need_since = state.above_need_since or now
+            if now - state.above_need_since >= spec.idle_seconds:
+                target, state.above_need_since = want, None
+        else:
+            state.above_need_since = None
+        if target != current:
+            await self.kube.merge_patch(path, {"spec": {"replicas": target}})
+            log.info("WorkerPool %s/%s: %d active runs, %d -> %d workers", pool.namespace,
+                     pool.name, active, current, target)
+        state.replicas = target
+        self.metrics.pool_replicas.labels(pool.namespace, pool.name).set(target)
+        dstatus = deployment.get("status") or {}
+        status = {"deployment": deployment_name(pool.name), "desiredReplicas": target,
+                  "replicas": int(dstatus.get("replicas") or 0),
+                  "readyReplicas": int(dstatus.get("readyReplicas") or 0),
+                  "activeRuns": active, "lastActiveTime": timestamp(state.last_active),
+                  "observedGeneration": pool.generation}
+        if status != state.status:
+            try:
+                await self.kube.merge_patch(
+                    resource_path(API_VERSION, "workerpools", pool.namespace, pool.name,
+                                  "status"), {"status": status})
+                state.status = status
+            except KubeError as exc:
+                log.warning("status of WorkerPool %s/%s not updated: %s", pool.namespace,
+                            pool.name, exc)

@@ -1,0 +1,145 @@
+"""kmock's Kubernetes emulator with the gaps kopf 1.45 needs filled.
+
+kmock 0.8 sets no ``uid``, ``resourceVersion``, ``creationTimestamp`` or ``generation``,
+answers a failed JSON-patch ``test`` with 500 (kopf expects 422 for its finalizer patches),
+marks objects for deletion without a new ``resourceVersion``, and lets a patch of the
+``status`` subresource change anything. This subclass fills those gaps in front of kmock's
+own handling; selectors stay ignored (the operator uses none).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import jsonpatch
+import kmock
+from kmock import KubernetesError
+from kmock._internal import enums, rendering
+
+RUNS = "kenning.dev/v1alpha1/workflowruns"
+POOLS = "kenning.dev/v1alpha1/workerpools"
+
+
+@attrs.define(kw_only=True)
+class Emulator(kmock.KubernetesEmulator):
+    """A Kubernetes API emulator good enough for kopf and the Kenning operator."""
+
+    _counter_value: int = attrs.field(default=0, init=False)
+
+    def declare_kenning(self) -> None:
+        """Declare what kopf and the operator use."""
+        for plural, kind, short in (("workflowruns", "WorkflowRun", "wfr"),
+                                    ("workerpools", "WorkerPool", "wp")):
+            self.resources[f"kenning.dev/v1alpha1/{plural}"] = kmock.ResourceInfo(
+                kind=kind, singular=plural[:-1], namespaced=True, shortnames={short},
+                verbs={"list", "watch", "get", "patch", "create", "delete", "update"},
+                subresources={"status"})
+        for key, kind, namespaced in (
+                ("v1/namespaces", "Namespace", False), ("v1/events", "Event", True),
+                ("apps/v1/deployments", "Deployment", True),
+                ("apiextensions.k8s.io/v1/customresourcedefinitions",
+                 "CustomResourceDefinition", False)):
+            self.resources[key] = kmock.ResourceInfo(
+                kind=kind, namespaced=namespaced,
+                verbs={"list", "watch", "get", "patch", "create", "delete"})
+
+    async def _serve_list(self, request: rendering.Request) -> Any:
+        # kmock answers resourceVersion '...'; give the real one so the watch can resume there.
+        listing = await super()._serve_list(request)
+        listing["metadata"]["resourceVersion"] = str(self._last_version)
+        return listing
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        # kmock replays every object at the start of a watch; a real API server sends only
+        # what changed after the listed resourceVersion (kopf would see stale copies).
+        since = request.params.get("resourceVersion", "")
+        floor = int(since) if since.isdigit() else 0
+        async for event in super()._serve_watch(request):
+            if isinstance(event, dict) and event.get("type") == "ADDED" and floor and \
+                    int(event["object"]["metadata"].get("resourceVersion", 0)) <= floor:
+                continue
+            yield event
+
+    @property
+    def _last_version(self) -> int:
+        return self._counter_value
+
+    def _next_version(self) -> str:
+        self._counter_value += 1
+        return str(self._counter_value)
+
+    def _current(self, request: rendering.Request) -> dict[str, Any] | None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return copy.deepcopy(self.objects[key].raw)
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        if request.resource is not None:
+            async with self._lock:
+                await self._fill_gaps(request)
+        return await super()._handle(request)
+
+    async def _fill_gaps(self, request: rendering.Request) -> None:
+        if request.action == enums.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            meta.setdefault("namespace", request.namespace)
+            meta["uid"] = str(uuid.uuid4())
+            meta["resourceVersion"] = self._next_version()
+            meta["generation"] = 1
+            meta["creationTimestamp"] = _now()
+        elif request.action == enums.action.UPDATE and request.name is not None:
+            current = self._current(request)
+            if current is None:
+                return
+            version = self._next_version()
+            if isinstance(request.data, list):
+                self._json_patch(request, current, version)
+            elif isinstance(request.data, dict):
+                self._merge_patch(request, current, version)
+        elif request.action == enums.action.DELETE and request.name is not None:
+            current = self._current(request)
+            meta = (current or {}).get("metadata", {})
+            if current is not None and meta.get("finalizers") \
+                    and not meta.get("deletionTimestamp"):
+                key = (request.resource, request.namespace, request.name)
+                self.objects[key].patch({"metadata": {"deletionTimestamp": _now(),
+                                                      "resourceVersion": self._next_version()}})
+                await self._buses[request.resource].put(
+                    {"type": "MODIFIED", "object": self.objects[key].raw})
+
+    def _json_patch(self, request: rendering.Request, current: dict[str, Any],
+                    version: str) -> None:
+        ops: list[dict[str, Any]] = request.data
+        try:
+            patched = jsonpatch.apply_patch(current, ops)
+        except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as exc:
+            raise KubernetesError(status=422, reason="Invalid",
+                                  message=f"the JSON patch does not apply: {exc}") from exc
+        if request.subresource == "status":
+            ops[:] = [op for op in ops if str(op.get("path", "")).startswith("/status")]
+        if patched.get("spec") != current.get("spec"):
+            ops.append({"op": "add", "path": "/metadata/generation",
+                        "value": int(current["metadata"].get("generation", 1)) + 1})
+        ops.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+
+    def _merge_patch(self, request: rendering.Request, current: dict[str, Any],
+                     version: str) -> None:
+        data: dict[str, Any] = request.data
+        if request.subresource == "status":
+            for key in list(data):
+                if key != "status":
+                    del data[key]
+        elif "spec" in data and data["spec"] != current.get("spec"):
+            data.setdefault("metadata", {})["generation"] = \
+                int(current["metadata"].get("generation", 1)) + 1
+        data.setdefault("metadata", {})["resourceVersion"] = version
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,57 @@
+"""The shipped RBAC grants what the operator uses, and nothing more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from kmock._internal import enums
+
+from kenning.core.store import Store
+from kenning.runtime.client import Client
+from tests.operator.conftest import Operators, Spawn, eventually
+from tests.operator.kube_helpers import POOLS, RUNS, apply, delete, get, pool_body, run_body, status
+
+REPO = Path(__file__).resolve().parents[2]
+VERBS = {enums.action.LIST: "list", enums.action.WATCH: "watch", enums.action.FETCH: "get",
+         enums.action.CREATE: "create", enums.action.UPDATE: "patch",
+         enums.action.DELETE: "delete"}
+
+
+def granted() -> set[tuple[str, str, str]]:
+    role = next(d for d in yaml.safe_load_all((REPO / "crds" / "rbac.yaml").read_text())
+                if d["kind"] == "ClusterRole")
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+async def test_rbac_covers_every_call_the_operator_makes(operators: Operators, store: Store,
+                                                         spawn_worker: Spawn) -> None:
+    api = operators.api
+    await operators.start()
+    await apply(api, POOLS, pool_body("flows", ["op_approval", "op_fail"]))
+    await apply(api, RUNS, run_body("a", "op_approval", {"order_id": "A"}))
+    await apply(api, RUNS, run_body("b", "op_fail", ["x"], ttlSecondsAfterFinished=0))
+    await Client(store).start("op_approval", order_id="C", run_id="ext-c")
+    await spawn_worker()
+    await eventually(lambda: status(api, "a").get("phase") == "WaitingForEvent")
+    await eventually(lambda: get(api, RUNS, "default", "ext-c"), what="the mirror")
+    await eventually(lambda: get(api, RUNS, "default", "b") is None, what="TTL deletion")
+    await delete(api, RUNS, "default", "a")
+    await eventually(lambda: get(api, RUNS, "default", "a") is None)
+
+    used = set()
+    for request in api._requests:
+        agent = request.headers.get("User-Agent", "")
+        if request.resource is None or request.resource.plural is None or \
+                agent.startswith("kmock") or request.action not in VERBS:
+            continue  # discovery, or the test's own calls
+        plural = request.resource.plural
+        if request.subresource:
+            plural = f"{plural}/{request.subresource}"
+        used.add((request.resource.group, plural, VERBS[request.action]))
+    missing = used - granted()
+    assert not missing, f"calls the RBAC does not allow: {sorted(missing)}"
+    unused = {g for g in granted() if g[0] != "kopf.dev"} - used
+    assert unused <= {("kenning.dev", "workflowruns", "get"),
+                      ("kenning.dev", "workerpools", "get")}, sorted(unused)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -50,7 +50,11 @@ class ReceivedEvent:
 
 def record_to_json(record: CloudEventRecord) -> str:
     """The JSON text stored in a history step for a received or sent event."""
-    return codec.dumps(asdict(record))
+    return codec.dumps({name: getattr(record, name) for name in _RECORD_FIELDS}
+                       | {"extensions": dict(record.extensions)})
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(CloudEventRecord) if f.name != "extensions")
 
 
 def record_from_json(text: str) -> CloudEventRecord:

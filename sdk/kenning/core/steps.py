@@ -45,7 +45,7 @@ async def wait_event(
     """Wait durably for a CloudEvent of ``type`` whose attributes satisfy ``match``.
 
     The run holds no process while it waits. Raises ``EventTimeout`` when ``timeout``
-    passes first. ``lookback`` lets the wait consume a kept event that arrived that long
+    (counted from workflow time, ``ctx.now()``, like ``sleep``) passes first. ``lookback`` lets the wait consume a kept event that arrived that long
     before it began. Events addressed to this run (extension ``kenningrun``) are consumed
     whenever they arrived.
     """
@@ -80,7 +80,9 @@ async def _wait_live(
         wait = Wait(
             seq=seq,
             kind=WaitKind.EVENT,
-            wake_at=None if timeout is None else now + seconds_of(timeout, "wait_event timeout"),
+            # the deadline counts from workflow time, like sleep: replay-stable
+            wake_at=(None if timeout is None
+                     else ex.workflow_time + seconds_of(timeout, "wait_event timeout")),
             event_type=event_type,
             match=validate_match(match),
             lookback=None if lookback is None else seconds_of(lookback, "wait_event lookback"),
@@ -90,7 +92,12 @@ async def _wait_live(
 
 
 async def sleep(ctx: WorkflowContext, duration: timedelta | float) -> None:
-    """Sleep durably: the run is suspended and resumes on any worker when the time comes."""
+    """Sleep durably: the run is suspended and resumes on any worker when the time comes.
+
+    The duration counts from workflow time, ``ctx.now()``: ``sleep(ctx, d)`` is
+    ``sleep_until(ctx, ctx.now() + d)``. A run resumed late (its worker died) catches up
+    instead of sleeping the whole duration again.
+    """
     ex = _execution(ctx, "sleep")
     seconds = seconds_of(duration, "sleep duration")
     await _sleep_to(ex, lambda now: now + seconds)
@@ -111,7 +118,11 @@ async def _sleep_to(ex: RunExecution, due: Any) -> None:
         return
     now = ex.clock()
     wait = ex.wait_at(seq, WaitKind.TIMER)
-    wake_at = wait.wake_at if wait is not None and wait.wake_at is not None else due(now)
+    # durations count from workflow time (ctx.now(): the latest recorded step, or the run's
+    # creation), so the due time is the same on every replay and a run that queued before
+    # a worker took it does not sleep longer for it
+    wake_at = (wait.wake_at if wait is not None and wait.wake_at is not None
+               else due(ex.workflow_time))
     if wake_at <= now:
         ex.buffer(Step(seq, StepKind.TIMER, SLEEP_STEP, None, now))
         return

@@ -80,22 +80,34 @@ async def test_outbox_rows_commit_with_their_step(store: Store, fake_clock: Fake
     lease = await start_claimed(store, "r1", namespace="shop")
     sent = [event("o1", "order.shipped", data={"n": 1}), event("o2", "order.billed")]
     await store.append_steps(lease, [step(0, "order.shipped")], sent)
-    entries = await store.due_outbox(10)
-    assert [e.event for e in entries] == sent
-    assert [(e.run_id, e.namespace, e.attempts) for e in entries] == [("r1", "shop", 0)] * 2
-    assert entries[0].pk < entries[1].pk
-    assert entries[0].next_attempt_at == fake_clock()
-    assert len(await store.due_outbox(1)) == 1
+    [first] = await store.due_outbox(1, claim_seconds=5)
+    assert first.event == sent[0] and (first.run_id, first.namespace, first.attempts) == (
+        "r1", "shop", 0)
+    [second] = await store.due_outbox(10, claim_seconds=5)  # the first is claimed: hidden
+    assert second.event == sent[1] and first.pk < second.pk
+    assert await store.due_outbox(10) == []
 
-    await store.outbox_retry(entries[0].pk, fake_clock() + 30, "503 from broker")
-    assert [e.pk for e in await store.due_outbox(10)] == [entries[1].pk]
-    await store.outbox_done(entries[1].pk)
+    await store.outbox_retry(first.pk, fake_clock() + 30, "503 from broker")
+    await store.outbox_done(second.pk)
+    fake_clock.advance(5)  # the claims lapse; the retried one is due only at +30
     assert await store.due_outbox(10) == []
-    fake_clock.advance(30)
+    fake_clock.advance(25)
     [retried] = await store.due_outbox(10)
-    assert (retried.pk, retried.attempts) == (entries[0].pk, 1)
+    assert (retried.pk, retried.attempts) == (first.pk, 1)
     await store.outbox_done(retried.pk)
+    fake_clock.advance(60)
     assert await store.due_outbox(10) == []
+
+
+async def test_an_unacknowledged_outbox_claim_lapses(store: Store, fake_clock: FakeClock
+                                                     ) -> None:
+    lease = await start_claimed(store, "r1")
+    await store.append_steps(lease, [step(0, "sent")], [event("o1")])
+    [claimed] = await store.due_outbox(10, claim_seconds=30)
+    assert await store.due_outbox(10) == []  # another dispatcher sees nothing
+    fake_clock.advance(30)  # the first dispatcher died without publishing
+    [again] = await store.due_outbox(10)
+    assert again.pk == claimed.pk
 
 
 async def test_outbox_rows_of_a_lost_lease_are_not_written(store: Store,

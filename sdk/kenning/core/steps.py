@@ -45,9 +45,9 @@ async def wait_event(
     """Wait durably for a CloudEvent of ``type`` whose attributes satisfy ``match``.
 
     The run holds no process while it waits. Raises ``EventTimeout`` when ``timeout``
-    (counted from workflow time, ``ctx.now()``, like ``sleep``) passes first. ``lookback`` lets the wait consume a kept event that arrived that long
-    before it began. Events addressed to this run (extension ``kenningrun``) are consumed
-    whenever they arrived.
+    (counted from workflow time, ``ctx.now()``, like ``sleep``) passes first. ``lookback``
+    lets the wait consume a kept event that arrived that long before it began. Events
+    addressed to this run (extension ``kenningrun``) are consumed whenever they arrived.
     """
     ex = _execution(ctx, "wait_event")
     if not isinstance(type, str) or not type:

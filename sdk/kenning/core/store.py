@@ -148,8 +148,9 @@ class Store(Protocol):
         """Drop events past their retention; returns how many."""
 
     # -- outbox -------------------------------------------------------------------------
-    async def due_outbox(self, limit: int) -> list[OutboxEntry]:
-        """Outbox entries whose next attempt is due."""
+    async def due_outbox(self, limit: int, claim_seconds: float = 30.0) -> list[OutboxEntry]:
+        """Claim the outbox entries whose next attempt is due: they are hidden from other
+        dispatchers for ``claim_seconds`` (until published, retried, or the claim lapses)."""
 
     async def outbox_done(self, pk: int) -> None:
         """Remove a published entry."""

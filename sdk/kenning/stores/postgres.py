@@ -407,11 +407,13 @@ class PostgresStore:
         return await self._write(op)
 
     # -- outbox -------------------------------------------------------------------------
-    async def due_outbox(self, limit: int) -> list[OutboxEntry]:
-        """Entries whose next attempt is due."""
-        now = self._now()
-        rows = await self._read(lambda conn: conn.fetch(sql.DUE_OUTBOX, now, limit))
-        return [outbox_from_row(r) for r in rows]
+    async def due_outbox(self, limit: int, claim_seconds: float = 30.0) -> list[OutboxEntry]:
+        """Claim the entries whose next attempt is due (hidden from other dispatchers for
+        ``claim_seconds``)."""
+        async def op(conn: Conn, notes: Notes) -> list[OutboxEntry]:
+            rows = await conn.fetch(sql.DUE_OUTBOX, self._now(), limit, claim_seconds)
+            return sorted((outbox_from_row(r) for r in rows), key=lambda e: e.pk)
+        return await self._write(op)
 
     async def outbox_done(self, pk: int) -> None:
         """Remove a published entry."""

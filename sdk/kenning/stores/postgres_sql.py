@@ -201,7 +201,12 @@ PURGE = (
 )
 
 # -- outbox -------------------------------------------------------------------------------
-DUE_OUTBOX = "SELECT * FROM outbox WHERE next_attempt_at <= $1 ORDER BY pk LIMIT $2"
+# Claim due entries: push their next attempt out by $3 s so another dispatcher skips them
+# while this one publishes (a crash just makes them due again).
+DUE_OUTBOX = (
+    "UPDATE outbox SET next_attempt_at = $1 + $3 WHERE pk IN (SELECT pk FROM outbox"
+    " WHERE next_attempt_at <= $1 ORDER BY pk LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *"
+)
 OUTBOX_DONE = "DELETE FROM outbox WHERE pk = $1"
 OUTBOX_RETRY = (
     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3"

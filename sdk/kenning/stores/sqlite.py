@@ -421,12 +421,16 @@ class SqliteStore:
         return await self._writer.run(op)
 
     # -- outbox -------------------------------------------------------------------------
-    async def due_outbox(self, limit: int) -> list[OutboxEntry]:
-        """Entries whose next attempt is due."""
+    async def due_outbox(self, limit: int, claim_seconds: float = 30.0) -> list[OutboxEntry]:
+        """Claim the entries whose next attempt is due (hidden from other dispatchers for
+        ``claim_seconds``)."""
         def op(conn: Conn, notes: Notes) -> list[OutboxEntry]:
-            rows = conn.execute("SELECT * FROM outbox WHERE next_attempt_at <= ? ORDER BY pk"
-                                " LIMIT ?", (self.clock(), limit))
-            return [outbox_from_row(r) for r in rows]
+            now = self.clock()
+            rows = conn.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE pk IN (SELECT pk FROM outbox"
+                " WHERE next_attempt_at <= ? ORDER BY pk LIMIT ?) RETURNING *",
+                (now + claim_seconds, now, limit)).fetchall()
+            return sorted((outbox_from_row(r) for r in rows), key=lambda e: e.pk)
         return await self._writer.run(op)
 
     async def outbox_done(self, pk: int) -> None:

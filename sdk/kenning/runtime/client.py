@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -91,6 +91,8 @@ class Client:
     def __init__(self, store: Store, *, namespace: str = "default") -> None:
         self.store = store
         self.namespace = check_namespace(namespace)
+        self._finish_waiters: dict[str, set[asyncio.Event]] = {}
+        self._unsubscribe: Callable[[], None] | None = None
 
     async def start(
         self,
@@ -148,12 +150,9 @@ class Client:
     async def wait_finished(self, run_id: str, timeout: float | None = None) -> RunInfo:
         """Wait until the run is completed, failed or cancelled."""
         finished = asyncio.Event()
-
-        def on_note(note: Notification) -> None:
-            if note.kind is NotificationKind.FINISHED and note.run_id == run_id:
-                finished.set()
-
-        unsubscribe = self.store.subscribe(on_note)
+        self._finish_waiters.setdefault(run_id, set()).add(finished)
+        if self._unsubscribe is None:
+            self._unsubscribe = self.store.subscribe(self._on_notification)
         try:
             async with asyncio.timeout(timeout):
                 # the FINISHED notification wakes us; the slow poll covers a process we
@@ -168,7 +167,20 @@ class Client:
                     finished.clear()
                     poll = min(poll * 2, 2.0)
         finally:
-            unsubscribe()
+            waiters = self._finish_waiters[run_id]
+            waiters.discard(finished)
+            if not waiters:
+                del self._finish_waiters[run_id]
+
+    def _on_notification(self, note: Notification) -> None:
+        """One listener for every waiter of this client (not one per waiting call)."""
+        if note.kind is NotificationKind.FINISHED and note.run_id is not None:
+            for waiter in self._finish_waiters.get(note.run_id, ()):
+                waiter.set()
+        elif note.kind is NotificationKind.RUNNABLE and note.run_id is None:
+            for waiters in self._finish_waiters.values():  # changes may have been missed
+                for waiter in waiters:
+                    waiter.set()
 
     async def result(self, run_id: str, timeout: float | None = None) -> Any:
         """The run's result; raises ``RunFailed``, ``RunCancelled`` or ``TimeoutError``."""

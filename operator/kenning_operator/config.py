@@ -24,8 +24,11 @@ class OperatorConfig:
     worker_config_map: str | None = None
     sweep_interval: float = 5.0
     """Seconds between catch-up sweeps over unfinished runs (notifications come first)."""
-    flush_delay: float = 0.01
-    """Seconds status changes are gathered before they are patched together."""
+    status_patch_rate: float = 400.0
+    """Status patches per second the operator allows itself. Below it every change is
+    patched at once; above it changes are gathered between batches, so the intermediate
+    phases of busy runs coalesce (a real API server took ~1,180 patches/s in the budget
+    measurement, shared with everything else in the cluster)."""
     patch_concurrency: int = 16
     mirror_external_runs: bool = True
     """Create a ``WorkflowRun`` for runs started outside Kubernetes."""

@@ -91,12 +91,18 @@ class RunDirectory:
     def update(self, body: Mapping[str, Any]) -> RunRef:
         """Record the latest state of a resource."""
         ref = run_ref(body)
+        self.put(ref)
+        return ref
+
+    def put(self, ref: RunRef) -> RunRef | None:
+        """Record ``ref``; return what was known of that resource before."""
         old = self._run_of_uid.get(ref.uid)
+        previous = self._by_run.get(old) if old is not None else None
         if old is not None and old != ref.run_id:
             self._by_run.pop(old, None)
         self._by_run[ref.run_id] = ref
         self._run_of_uid[ref.uid] = ref.run_id
-        return ref
+        return previous
 
     def remove(self, uid: str) -> RunRef | None:
         """Forget a deleted resource."""

@@ -2,12 +2,18 @@
 
 Handlers are registered on a registry of their own (no module globals), so two operators
 can live in one process (the restart tests do that).
+
+A ``WorkflowRun`` is started from the watch stream itself (``watchhook``), before kopf's
+per-object machinery; its ``on.event`` handler finishes what the hook began (or starts the
+run when the hook is not installed) and follows spec changes. Runs have no create, update or
+resume handler: kopf adds its finalizer (for ``on.delete``) and writes nothing else on them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import kopf
@@ -16,7 +22,7 @@ from pydantic import ValidationError
 from kenning.core.definitions import encode_input, input_from_json
 from kenning.core.errors import RunNotFound
 from kenning.core.models import NewRun, RunStatus
-from kenning_operator.directory import run_ref, spec_of
+from kenning_operator.directory import RunRef, run_ref, spec_of
 from kenning_operator.resources import CR_NAME_LABEL, CR_UID_LABEL, GROUP, VERSION
 from kenning_operator.status import run_id_for
 
@@ -29,20 +35,19 @@ RUNS = (GROUP, VERSION, "workflowruns")
 POOLS = (GROUP, VERSION, "workerpools")
 
 
-async def start_run(op: KenningOperator, body: kopf.Body) -> None:
+async def start_run(op: KenningOperator, body: Mapping[str, Any]) -> None:
     """Create the run of a ``WorkflowRun`` in the store, idempotently on its uid."""
     meta = body.get("metadata", {})
-    if run_id_for(name=str(meta.get("name")), uid=str(meta["uid"]), spec=body.get("spec") or {},
-                  labels=meta.get("labels") or {}) in op.started:
-        return
     namespace, name, uid = str(meta.get("namespace")), str(meta.get("name")), str(meta["uid"])
+    run_id = run_id_for(name=name, uid=uid, spec=body.get("spec") or {},
+                        labels=meta.get("labels") or {})
+    if run_id in op.started:
+        return
     try:
         spec = spec_of(body)
     except ValidationError as exc:
         reason = "; ".join(str(e["msg"]) for e in exc.errors())
         raise kopf.PermanentError(f"invalid spec: {reason}") from exc
-    run_id = run_id_for(name=name, uid=uid, spec=body.get("spec") or {},
-                        labels=meta.get("labels") or {})
     args, kwargs = input_from_json(spec.input)
     new = NewRun(run_id=run_id, namespace=namespace, workflow=spec.workflow,
                  input=encode_input(args, kwargs), pool=spec.pool,
@@ -58,11 +63,69 @@ async def start_run(op: KenningOperator, body: kopf.Body) -> None:
         log.info("started run %s of workflow %s for WorkflowRun %s/%s", run_id, spec.workflow,
                  namespace, name)
     op.started.add(run_id)
-    op.runs.update(body)
+    op.unstarted.pop(run_id, None)
     op.sync.mark(run_id)
 
 
-async def cancel_run(op: KenningOperator, body: kopf.Body) -> None:
+def needs_start(op: KenningOperator, ref: RunRef) -> bool:
+    """Whether a resource's run is still to be started by this process."""
+    return ref.phase is None and not ref.deleting and ref.run_id not in op.started \
+        and ref.uid not in op.rejected
+
+
+def begin_start(op: KenningOperator, ref: RunRef, body: Mapping[str, Any]) -> asyncio.Future[None]:
+    """Start the run of ``ref`` in the background (once: a start under way is shared)."""
+    task = op.starting.get(ref.run_id)
+    if task is None:
+        task = asyncio.ensure_future(_start_reporting(op, ref, body))
+        op.starting[ref.run_id] = task
+        task.add_done_callback(lambda _: op.starting.pop(ref.run_id, None))
+    return task
+
+
+async def _start_reporting(op: KenningOperator, ref: RunRef, body: Mapping[str, Any]) -> None:
+    """``start_run``; a bad resource gets a Warning Event, a store failure is retried by the
+    sweep."""
+    try:
+        await start_run(op, body)
+    except kopf.PermanentError as exc:
+        op.rejected.add(ref.uid)
+        op.unstarted.pop(ref.run_id, None)
+        log.warning("WorkflowRun %s/%s not started: %s", ref.namespace, ref.name, exc)
+        await op.sync.post_event(ref, "Warning", "InvalidSpec", str(exc))
+    except Exception as exc:
+        op.unstarted[ref.run_id] = body
+        op.metrics.api_errors.labels("start").inc()
+        log.warning("run of WorkflowRun %s/%s not started (retried by the sweep): %s",
+                    ref.namespace, ref.name, exc)
+
+
+def on_raw_event(op: KenningOperator, event: Mapping[str, Any]) -> None:
+    """A ``WorkflowRun`` event straight off the watch stream (before kopf's machinery):
+    a resource with no run yet gets it started at once."""
+    if event.get("type") not in (None, "ADDED", "MODIFIED"):
+        return
+    body = event["object"]
+    try:
+        ref = run_ref(body)
+    except (KeyError, TypeError, ValueError):
+        return
+    if needs_start(op, ref):
+        op.runs.update(body)
+        begin_start(op, ref, body)
+
+
+def retry_unstarted(op: KenningOperator) -> None:
+    """Retry the starts that failed for a reason other than the resource (the sweep)."""
+    for run_id, body in list(op.unstarted.items()):
+        ref = op.runs.get(run_id)
+        if ref is None or not needs_start(op, ref):
+            op.unstarted.pop(run_id, None)
+        else:
+            begin_start(op, ref, body)
+
+
+async def cancel_run(op: KenningOperator, body: Mapping[str, Any]) -> None:
     """Cancel the run of a deleted ``WorkflowRun`` (the finalizer waits for the store)."""
     ref = run_ref(body)
     try:
@@ -74,6 +137,26 @@ async def cancel_run(op: KenningOperator, body: kopf.Body) -> None:
         op.metrics.runs_cancelled.labels("deleted").inc()
         log.info("cancelled run %s: WorkflowRun %s/%s deleted", ref.run_id, ref.namespace,
                  ref.name)
+
+
+class RunsWithoutDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled-configuration annotation, for pools only.
+
+    ``WorkflowRun`` has no create, update or resume handler (its ``on.event`` handler sees
+    every change), so kopf needs no diff base for it, and storing one would cost a patch of
+    every resource. kopf then sees each event of a run as a creation without handlers.
+    """
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        if body.get("kind") == "WorkflowRun":
+            return None
+        return super().fetch(body=body)
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch,
+              essence: kopf.BodyEssence) -> None:
+        if body.get("kind") == "WorkflowRun":
+            return
+        super().store(body=body, patch=patch, essence=essence)
 
 
 def build_registry(op: KenningOperator) -> kopf.OperatorRegistry:
@@ -91,25 +174,19 @@ def build_registry(op: KenningOperator) -> kopf.OperatorRegistry:
             if gone is not None:
                 op.sync.resource_gone(gone)
                 op.started.discard(gone.run_id)
+                op.unstarted.pop(gone.run_id, None)
+                op.rejected.discard(gone.uid)
                 # Deleted before kopf's finalizer was added: cancel here instead.
                 await cancel_run(op, body)
             return
-        ref = op.runs.update(body)
+        ref = run_ref(body)
+        previous = op.runs.put(ref)
         op.sync.resource_seen(ref)
-        if ref.run_id not in op.started and not ref.deleting and ref.phase is None:
-            # Start at first sight, one round trip earlier than kopf's create handler
-            # (which follows its finalizer patch); that handler then finds it started.
-            with contextlib.suppress(kopf.PermanentError):
-                await start_run(op, body)
-
-    @kopf.on.resume(*RUNS, registry=registry)
-    @kopf.on.create(*RUNS, registry=registry)
-    async def _run_created(body: kopf.Body, **_: Any) -> None:
-        await start_run(op, body)
-
-    @kopf.on.update(*RUNS, field="spec", registry=registry)
-    def _run_updated(body: kopf.Body, **_: Any) -> None:
-        op.sync.mark(op.runs.update(body).run_id)  # observedGeneration, TTL, timeout
+        if needs_start(op, ref):
+            # Usually under way already (the watch hook); otherwise started here.
+            await asyncio.shield(begin_start(op, ref, body))
+        elif previous is not None and previous.generation != ref.generation:
+            op.sync.mark(ref.run_id)  # observedGeneration, TTL, timeout
 
     @kopf.on.delete(*RUNS, registry=registry)
     async def _run_deleted(body: kopf.Body, **_: Any) -> None:

@@ -7,15 +7,24 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 import kopf
 from aiohttp import web
 
 from kenning.core.store import Store
 from kenning.stores import open_store
+from kenning_operator import watchhook
 from kenning_operator.config import OperatorConfig
 from kenning_operator.directory import PoolDirectory, RunDirectory
-from kenning_operator.handlers import build_registry
+from kenning_operator.handlers import (
+    RUNS,
+    RunsWithoutDiffBase,
+    build_registry,
+    on_raw_event,
+    retry_unstarted,
+)
 from kenning_operator.kube import KubeClient
 from kenning_operator.metrics import Metrics
 from kenning_operator.probes import probe_app, serve_probes
@@ -26,6 +35,8 @@ log = logging.getLogger(__name__)
 
 FINALIZER = "kenning.dev/cancel-run"
 PEERING_NAME = "kenning"
+STOP_GRACE = 0.2
+"""Seconds kopf gets to cancel its watchers and handlers before the store closes."""
 
 
 def login(config: OperatorConfig) -> kopf.ConnectionInfo:
@@ -47,7 +58,7 @@ def operator_settings(*, priority: int = 0, peering: str | None = None) -> kopf.
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kenning.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = RunsWithoutDiffBase(
         prefix="kenning.dev", key="last-handled-configuration")
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "kenning-operator"
@@ -74,13 +85,23 @@ class KenningOperator:
         self.pools = PoolDirectory()
         self.scaler = PoolScaler(config, self.store, self.kube, self.pools, self.metrics)
         self.sync = RunSync(config, self.store, self.kube, self.runs, self.pools, self.metrics,
-                            on_runnable=self.scaler.wake)
+                            on_runnable=self.scaler.wake,
+                            on_sweep=lambda: retry_unstarted(self))
         self.started: set[str] = set()
         """Run ids this process started or adopted (the store call is made once)."""
+        self.starting: dict[str, asyncio.Future[None]] = {}
+        """Starts under way, by run id (the watch hook and the handler share them)."""
+        self.unstarted: dict[str, Mapping[str, Any]] = {}
+        """Bodies of resources whose start failed for a reason of the store (retried)."""
+        self.rejected: set[str] = set()
+        """Uids of resources that cannot be started (invalid spec, run id taken)."""
         self.ready = threading.Event()
         """Set once kopf has started watching (a ``threading.Event``: tests and probes read
         it from any thread)."""
         self.running = False
+        self._store_open = False
+        self.tapped = False
+        """Whether new runs start straight from kopf's watch stream (``watchhook``)."""
 
     async def run(self, *, stop_flag: asyncio.Event | threading.Event | None = None,
                   priority: int = 0, peering: str | None = None, probe_host: str = "0.0.0.0",
@@ -92,10 +113,22 @@ class KenningOperator:
         """
         registry = build_registry(self)
         settings = operator_settings(priority=priority, peering=peering)
+        self.tapped = watchhook.install(settings, RUNS[0], RUNS[2],
+                                        lambda event: on_raw_event(self, event))
         probes: web.AppRunner | None = None
         if self._owns_store:
             await self.store.open()
+        self._store_open = self._owns_store
         self.running = True
+        # kopf waits up to 5 s at exit for every task created after it started (the store's
+        # LISTEN health check makes such tasks): on stop_flag, stop the loops and close the
+        # store first, from a task kopf does not wait for, then tell kopf to stop.
+        kopf_stop: asyncio.Event | None = None
+        relay: asyncio.Task[None] | None = None
+        if stop_flag is not None:
+            kopf_stop = asyncio.Event()
+            relay = asyncio.create_task(self._relay_stop(stop_flag, kopf_stop),
+                                        name="kenning-op-stop")
         try:
             async with self.kube:
                 await self.sync.start()
@@ -109,7 +142,7 @@ class KenningOperator:
                         registry=registry, settings=settings, memo=kopf.Memo(operator=self),
                         clusterwide=not self.config.namespaces,
                         namespaces=self.config.namespaces, standalone=peering is None,
-                        priority=priority, peering_name=peering, stop_flag=stop_flag,
+                        priority=priority, peering_name=peering, stop_flag=kopf_stop,
                         ready_flag=self.ready)
                 finally:
                     self.running = False
@@ -118,9 +151,34 @@ class KenningOperator:
                     await self.scaler.stop()
                     await self.sync.stop()
         finally:
+            watchhook.uninstall(settings)
             self.running = False
-            if self._owns_store:
-                await self.store.close()
+            if relay is not None:
+                relay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
+            await self._close_store()
+
+    async def _relay_stop(self, stop_flag: asyncio.Event | threading.Event,
+                          kopf_stop: asyncio.Event) -> None:
+        if isinstance(stop_flag, asyncio.Event):
+            await stop_flag.wait()
+        else:
+            # A threading.Event set from another thread: polled (a thread blocked in wait()
+            # would hold up the loop's executor shutdown if the flag is never set).
+            while not stop_flag.is_set():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        self.running = False
+        await self.scaler.stop()
+        await self.sync.stop()
+        kopf_stop.set()
+        await asyncio.sleep(STOP_GRACE)
+        await self._close_store()
+
+    async def _close_store(self) -> None:
+        if self._store_open:
+            self._store_open = False
+            await self.store.close()
 
 
 def run(database: str, *, namespaces: tuple[str, ...] = (), priority: int = 0,

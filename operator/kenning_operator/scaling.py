@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 COUNT_LIMIT = 50_000
 TIMER_LEAD = 1.0
 """Seconds before a timer is due that its pool is woken."""
+ACTIVITY_STATUS_INTERVAL = 5.0
+"""Seconds between pool status patches that only update ``activeRuns``/``lastActiveTime``
+(replica changes are patched at once): no patch of the pool for every run."""
 
 
 @dataclass
@@ -39,6 +42,7 @@ class _PoolState:
     above_need_since: float | None = None
     last_active: float | None = None
     status: dict[str, Any] = field(default_factory=dict)
+    status_patched_at: float = 0.0
 
 
 def wanted_replicas(active: int, spec: WorkerPoolSpec) -> int:
@@ -179,12 +183,16 @@ class PoolScaler:
                   "readyReplicas": int(dstatus.get("readyReplicas") or 0),
                   "activeRuns": active, "lastActiveTime": timestamp(state.last_active),
                   "observedGeneration": pool.generation}
-        if status != state.status:
+        activity = ("activeRuns", "lastActiveTime")
+        only_activity = bool(state.status) and all(
+            status[k] == state.status.get(k) for k in status if k not in activity)
+        if status != state.status and not (
+                only_activity and now - state.status_patched_at < ACTIVITY_STATUS_INTERVAL):
             try:
                 await self.kube.merge_patch(
                     resource_path(API_VERSION, "workerpools", pool.namespace, pool.name,
                                   "status"), {"status": status})
-                state.status = status
+                state.status, state.status_patched_at = status, now
             except KubeError as exc:
                 log.warning("status of WorkerPool %s/%s not updated: %s", pool.namespace,
                             pool.name, exc)

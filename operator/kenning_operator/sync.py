@@ -1,10 +1,11 @@
 """Store -> Kubernetes: run status into ``WorkflowRun`` status, Events, mirrors, TTL, timeouts.
 
 Store notifications mark runs dirty; a flusher re-reads each dirty run and patches its
-resource's status only when its fingerprint (phase, wait, generation) changed, gathering
-the changes of ``flush_delay`` seconds into one concurrent batch (intermediate phases of a
-busy run coalesce). One slow sweep catches up with what no notification said (a claim, a
-change made by another process on SQLite), expires finished resources after their TTL and
+resource's status only when its fingerprint (phase, wait, generation) changed. An idle
+operator patches at once; a busy one paces its batches to ``status_patch_rate`` and gathers
+what changes in between, so the intermediate phases of busy runs coalesce. One slow sweep
+catches up with what no notification said (a change made by another process on SQLite),
+expires finished resources after their TTL and
 cancels runs past ``spec.timeout``: one loop for all resources, no timer per object.
 """
 
@@ -55,7 +56,8 @@ class RunSync:
 
     def __init__(self, config: OperatorConfig, store: Store, kube: KubeClient,
                  runs: RunDirectory, pools: PoolDirectory, metrics: Metrics,
-                 on_runnable: Callable[[], None] = lambda: None) -> None:
+                 on_runnable: Callable[[], None] = lambda: None,
+                 on_sweep: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.store = store
         self.kube = kube
@@ -63,6 +65,7 @@ class RunSync:
         self.pools = pools
         self.metrics = metrics
         self._on_runnable = on_runnable
+        self._on_sweep = on_sweep
         self._dirty: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._sweep_now = asyncio.Event()
@@ -74,6 +77,8 @@ class RunSync:
         self._mirror_retry: dict[str, float] = {}
         self._semaphore = asyncio.Semaphore(config.patch_concurrency)
         self._tasks: list[asyncio.Task[None]] = []
+        self.patches = 0
+        """Status patches made so far."""
         self._unsubscribe: Callable[[], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -134,14 +139,19 @@ class RunSync:
 
     # -- flushing -----------------------------------------------------------------------
     async def _flush_loop(self) -> None:
+        next_batch = 0.0
         while True:
             await self._wake.wait()
-            if self.config.flush_delay > 0:
-                await asyncio.sleep(self.config.flush_delay)
+            pause = next_batch - time.monotonic()
+            # Over the patch budget: wait, and what changes meanwhile joins this batch.
+            # Otherwise only let the notes of this same moment join.
+            await asyncio.sleep(max(0.0, pause))
             self._wake.clear()
             batch, self._dirty = self._dirty, {}
+            began, patched = time.monotonic(), self.patches
             await asyncio.gather(*(self._sync_guarded(run_id, since)
                                    for run_id, since in batch.items()))
+            next_batch = began + (self.patches - patched) / self.config.status_patch_rate
 
     async def _sync_guarded(self, run_id: str, since: float) -> None:
         async with self._semaphore:
@@ -177,6 +187,7 @@ class RunSync:
             if await self.kube.merge_patch(path, {"status": status}) is None:
                 return  # the resource is gone
             self.metrics.status_patches.inc()
+            self.patches += 1
             self._patched[run_id] = mark
             await self._post_transition(ref, run, schedulable is not None and
                                         not schedulable.ok)
@@ -277,6 +288,7 @@ class RunSync:
 
     async def catch_up(self) -> None:
         """Mark every run whose resource shows another phase than the store."""
+        self._on_sweep()
         unfinished: dict[str, Run] = {}
         for status in _UNFINISHED:
             for run in await self.store.list_runs(status=status, limit=SWEEP_LIMIT):

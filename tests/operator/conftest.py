@@ -1,18 +1,25 @@
-"""Fixtures of the operator tests: kmock as the API server, a real store, the operator
-running kopf in this event loop, and worker processes (killed at teardown)."""
+"""Fixtures of the operator tests: kmock as the API server, a real store (PostgreSQL, and
+SQLite where a test asks for both), the operator running kopf in a thread of its own, and
+``kenning worker`` / ``kenning sink`` processes as the pods would run them (killed at
+teardown)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import socket
 import sys
 import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kmock
 import pytest
 
@@ -27,6 +34,7 @@ from kenning.stores import open_store  # noqa: E402
 from kenning_operator.config import OperatorConfig  # noqa: E402
 from kenning_operator.main import KenningOperator  # noqa: E402
 from tests.operator.emulator import POOLS, RUNS, Emulator  # noqa: E402
+from tests.pg_server import pg_dsn, pg_server  # noqa: E402, F401  (fixtures)
 
 WAIT = 20.0
 
@@ -39,9 +47,18 @@ async def emulator() -> AsyncIterator[Emulator]:
         yield api
 
 
-@pytest.fixture
-def database(tmp_path: Path) -> str:
-    """A SQLite store file shared by the operator and worker processes."""
+STORES = ["postgres", "sqlite"]
+
+
+@pytest.fixture(params=STORES)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store the operator, the sink and worker processes share: an empty PostgreSQL
+    database (store changes cross processes by LISTEN/NOTIFY), or a SQLite file (the
+    operator's sweep catches up with other processes' changes). A module narrows it with
+    ``pytest.mark.parametrize("database", ["postgres"], indirect=True)``."""
+    if request.param == "postgres":
+        dsn: str = request.getfixturevalue("pg_dsn")
+        return dsn
     return str(tmp_path / "kenning.db")
 
 
@@ -135,28 +152,88 @@ async def operators(emulator: Emulator, database: str) -> AsyncIterator[Operator
 Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 
 
-@pytest.fixture
-async def spawn_worker(database: str) -> AsyncIterator[Spawn]:
-    """Start ``kenning worker --module tests.operator.flows`` as the pod would."""
-    procs: list[asyncio.subprocess.Process] = []
-
-    async def spawn(worker_id: str = "pod-1") -> asyncio.subprocess.Process:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "sdk"), str(REPO)]),
-               "KENNING_DATABASE": database, "KENNING_WORKER_ID": worker_id}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kenning.runtime.cli", "worker", "--module",
-            "tests.operator.flows", cwd=str(REPO), env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        procs.append(proc)
-        return proc
-
-    yield spawn
+async def _reap(procs: list[asyncio.subprocess.Process]) -> None:
+    """Kill what is still running and wait for it (bounded)."""
     for proc in procs:
         if proc.returncode is None:
             proc.kill()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
                 await proc.wait()
+
+
+def _env(database: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "sdk"), str(REPO)]),
+            "KENNING_DATABASE": database, **extra}
+
+
+@pytest.fixture
+async def spawn_worker(database: str, tmp_path: Path) -> AsyncIterator[Spawn]:
+    """Start ``kenning worker --module tests.operator.flows`` as the pod would."""
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def spawn(worker_id: str = "pod-1") -> asyncio.subprocess.Process:
+        log = (tmp_path / f"worker-{worker_id}.log").open("ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kenning.runtime.cli", "worker", "--module",
+            "tests.operator.flows", "--database", database, "--worker-id", worker_id,
+            cwd=str(REPO), env=_env(database), stdout=log, stderr=log)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    await _reap(procs)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Sink:
+    """A ``kenning sink`` process on a local port; ``send`` POSTs a structured CloudEvent."""
+
+    url: str
+    process: asyncio.subprocess.Process
+
+    async def send(self, type: str, data: Any, *, source: str = "/tests",
+                   namespace: str = "default") -> None:
+        """Deliver one CloudEvent over HTTP; the sink answers 202 once it is committed."""
+        event = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": source,
+                 "type": type, "datacontenttype": "application/json", "data": data}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as http, \
+                http.post(f"{self.url}/namespaces/{namespace}", data=json.dumps(event),
+                          headers={"Content-Type": "application/cloudevents+json"}) as resp:
+            assert resp.status == 202, f"{resp.status}: {await resp.text()}"
+
+
+@pytest.fixture
+async def sink(database: str, tmp_path: Path) -> AsyncIterator[Sink]:
+    """``kenning sink --database ...`` as its pod would run, ready to take events."""
+    port = _free_port()
+    log_path = tmp_path / "sink.log"
+    log = log_path.open("ab")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kenning.runtime.cli", "sink", "--database", database,
+        "--host", "127.0.0.1", "--port", str(port), cwd=str(REPO), env=_env(database),
+        stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + WAIT
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while True:
+                assert proc.returncode is None, f"the sink exited: {log_path.read_text()}"
+                assert time.monotonic() < deadline, f"sink not ready: {log_path.read_text()}"
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(f"{url}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+        yield Sink(url, proc)
+    finally:
+        await _reap([proc])
 
 
 async def eventually(check: Callable[[], Any], timeout: float = WAIT,

@@ -5,6 +5,13 @@ answers a failed JSON-patch ``test`` with 500 (kopf expects 422 for its finalize
 marks objects for deletion without a new ``resourceVersion``, and lets a patch of the
 ``status`` subresource change anything. This subclass fills those gaps in front of kmock's
 own handling; selectors stay ignored (the operator uses none).
+
+kmock also decides which reaction serves a request by replaying every request it ever
+recorded through each reaction's filter chain: each request costs time proportional to all
+before it (5 ms after a hundred requests, seconds after thousands). ``_FastDispatch`` asks
+the filters about the new request alone, so a request costs the same at any point of a test
+or benchmark. For the same reason ``_KubernetesEmulator__get_obj`` looks one object up by its
+key instead of scanning them all.
 """
 
 from __future__ import annotations
@@ -19,14 +26,53 @@ import attrs
 import jsonpatch
 import kmock
 from kmock import KubernetesError
-from kmock._internal import enums, rendering
+from kmock._internal import apps, dsl, enums, rendering
 
 RUNS = "kenning.dev/v1alpha1/workflowruns"
 POOLS = "kenning.dev/v1alpha1/workerpools"
 
 
+def _admits(view: dsl.View, request: rendering.Request) -> bool | None:
+    """Whether ``request`` passes the filter chain ``view`` (None: not a plain chain)."""
+    while True:
+        if isinstance(view, dsl.Root):
+            return True
+        if isinstance(view, dsl.Filter):
+            if not view.criteria(request):
+                return False
+        elif not isinstance(view, (dsl.Priority, dsl.Reaction)) or \
+                type(view) not in (dsl.Filter, dsl.Priority, dsl.Reaction):
+            return None  # slices, exclusions, groups: let kmock replay the requests
+        view = view._source
+
+
+class _FastDispatch(apps.RawHandler):
+    """kmock's reaction lookup, deciding each reaction's filter on the new request only."""
+
+    __slots__ = ()
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        # kmock's order: by priority, padded with zeros to equal length, highest first.
+        keys = [tuple(-x for x in p.priorities) for p in self._payloads]
+        width = max((len(k) for k in keys), default=0)
+        order = sorted(range(len(keys)), key=lambda i: keys[i] + (0,) * (width - len(keys[i])))
+        payloads = [self._payloads[i] for i in order]
+        for payload in payloads:
+            admitted = _admits(payload._source, request)
+            if admitted is None:
+                admitted = request in payload._source
+            if admitted and not payload._disabled.is_set():
+                try:
+                    return await payload(request)
+                except rendering.ReactionMismatchError:
+                    payload._disabled.set()
+                except NotImplementedError:
+                    pass
+        raise NotImplementedError("no kmock reaction matches the request")
+
+
 @attrs.define(kw_only=True)
-class Emulator(kmock.KubernetesEmulator):
+class Emulator(kmock.KubernetesEmulator, _FastDispatch):
     """A Kubernetes API emulator good enough for kopf and the Kenning operator."""
 
     _counter_value: int = attrs.field(default=0, init=False)
@@ -64,6 +110,16 @@ class Emulator(kmock.KubernetesEmulator):
                     int(event["object"]["metadata"].get("resourceVersion", 0)) <= floor:
                 continue
             yield event
+
+    def _KubernetesEmulator__get_obj(self, request: rendering.Request,
+                                     strict: bool) -> Any:
+        # kmock scans every object to serve one (fetch, create, update, delete all pass
+        # strict=True with a name): look it up by its key instead.
+        if strict and request.name is not None and request.resource is not None:
+            return self._objects._objects.get(
+                (request.resource, request.namespace, request.name))
+        objs = self._KubernetesEmulator__get_objs(request, strict=strict)
+        return objs[0] if objs else None
 
     @property
     def _last_version(self) -> int:

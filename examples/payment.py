@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -74,7 +75,10 @@ async def post_payment_event(port: int) -> None:
     async with aiohttp.ClientSession() as http:
         for _ in range(100):  # the sink may still be starting
             try:
-                async with http.post(f"http://127.0.0.1:{port}/", data=json.dumps(PAYMENT_EVENT),
+                # a fresh id each time: the sink deduplicates on (source, id), so a second
+                # demo run would otherwise post a duplicate that resumes nothing
+                event = {**PAYMENT_EVENT, "id": f"event-{uuid.uuid4().hex[:8]}"}
+                async with http.post(f"http://127.0.0.1:{port}/", data=json.dumps(event),
                                      headers=headers) as response:
                     print(f"sink answered {response.status} {await response.text()}")
                     return

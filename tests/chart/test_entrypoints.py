@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import kmock
 import pytest
 
 from tests.chart.conftest import REPO
+from tests.conftest import free_port
 from tests.operator.emulator import Emulator
 
 pytestmark = pytest.mark.timeout(90)
@@ -32,14 +32,6 @@ def kenning_command() -> str:
     found = str(here) if here.is_file() else shutil.which("kenning")
     assert found, "the `kenning` command is not installed: pip install -e '.[dev]'"
     return found
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def image_env(**extra: str) -> dict[str, str]:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,6 @@ import pytest
 from kenning import App, RunStatus
 
 WORKER = Path(__file__).with_name("crash_worker.py")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes started by a test; killed at teardown whatever happened."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def spawn(db: Path, worker_id: str, marker: Path) -> subprocess.Popen[bytes]:

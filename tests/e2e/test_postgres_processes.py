@@ -6,39 +6,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from kenning import App, RunStatus
+from tests.conftest import free_port
 from tests.pg_server import PgServer, pg_dsn, pg_server  # noqa: F401  (fixtures)
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "sdk"), str(ROOT)])}
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; killed at teardown whatever happened."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_a_killed_worker_loses_nothing_and_nothing_runs_twice_to_the_end(

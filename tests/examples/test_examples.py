@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,10 @@ from examples.order_timeout import PAID_ORDERS, order_timeout_workflow
 
 from kenning import App, RunStatus
 from kenning.runtime.worker import WorkerOptions
+from tests.conftest import free_port
 
 ROOT = Path(__file__).parents[2]
 FAST = WorkerOptions(poll_interval=0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_payment_example_runs_end_to_end_over_http(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ from kenning.core.store import Store  # noqa: E402
 from kenning.stores import open_store  # noqa: E402
 from kenning_operator.config import OperatorConfig  # noqa: E402
 from kenning_operator.main import KenningOperator  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.operator.emulator import POOLS, RUNS, Emulator  # noqa: E402
 from tests.pg_server import pg_dsn, pg_server  # noqa: E402, F401  (fixtures)
 
@@ -185,12 +185,6 @@ async def spawn_worker(database: str, tmp_path: Path) -> AsyncIterator[Spawn]:
     await _reap(procs)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Sink:
     """A ``kenning sink`` process on a local port; ``send`` POSTs a structured CloudEvent."""
@@ -212,7 +206,7 @@ class Sink:
 @pytest.fixture
 async def sink(database: str, tmp_path: Path) -> AsyncIterator[Sink]:
     """``kenning sink --database ...`` as its pod would run, ready to take events."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "sink.log"
     log = log_path.open("ab")
     proc = await asyncio.create_subprocess_exec(

@@ -6,8 +6,11 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+
+from kenning import RunStatus
 
 
 class FakeClock:
@@ -29,6 +32,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def wait_status(app: Any, run_id: str, status: RunStatus, timeout: float = 5) -> None:
+    """Poll an app or client until the run reaches ``status``."""
+    async with asyncio.timeout(timeout):
+        while (await app.get_run(run_id)).status is not status:
+            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

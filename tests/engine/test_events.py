@@ -19,15 +19,9 @@ from kenning import (
     workflow,
 )
 from kenning.core.models import AcceptOutcome, StepKind
+from tests.conftest import wait_status
 
 from .conftest import AppFactory
-
-
-async def wait_status(app: Any, run_id: str, status: RunStatus, timeout: float = 5) -> None:
-    """Poll until the run reaches ``status``."""
-    async with asyncio.timeout(timeout):
-        while (await app.get_run(run_id)).status is not status:
-            await asyncio.sleep(0.01)
 
 
 class Paid(BaseModel):

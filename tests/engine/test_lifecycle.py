@@ -21,9 +21,9 @@ from kenning import (
     workflow,
 )
 from kenning.core.definitions import WorkflowDefinition
+from tests.conftest import wait_status
 
 from .conftest import AppFactory
-from .test_events import wait_status
 
 
 @workflow

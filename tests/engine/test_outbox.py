@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from kenning import RunStatus, WorkflowContext, activity, send_event, wait_event, workflow
+from tests.conftest import wait_status
 
 from .conftest import AppFactory
-from .test_events import wait_status
 
 
 @workflow

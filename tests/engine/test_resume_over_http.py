@@ -14,9 +14,9 @@ from cloudevents.core.v1.event import CloudEvent
 
 from kenning import App, RunStatus, WorkflowContext, wait_event, workflow
 from kenning.runtime.sink import create_sink_app, serve_sink
+from tests.conftest import wait_status
 
 from .conftest import AppFactory
-from .test_events import wait_status
 
 
 @workflow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from examples.order_timeout import PAID_ORDERS, order_timeout_workflow
 
 from kenning import App, RunStatus
 from kenning.runtime.worker import WorkerOptions
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_status
 
 ROOT = Path(__file__).parents[2]
 FAST = WorkerOptions(poll_interval=0.05)
@@ -30,12 +29,6 @@ def test_payment_example_runs_end_to_end_over_http(tmp_path: Path) -> None:
     assert ('completed: {"status": "completed", "transaction_id": "TXN-456", "amount": 99.99}'
             in done.stdout)
     assert (tmp_path / "event_demo.db").exists()
-
-
-async def wait_status(app: App, run_id: str, status: RunStatus) -> None:
-    async with asyncio.timeout(5):
-        while (await app.get_run(run_id)).status is not status:
-            await asyncio.sleep(0.01)
 
 
 async def test_order_timeout_cancels_an_unpaid_order(tmp_path: Path, fake_clock: Any) -> None:

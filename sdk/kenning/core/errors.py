@@ -20,7 +20,14 @@ class RunNotFound(KenningError):
 
 
 class InvalidInput(KenningError, ValueError):
-    """A workflow's input does not fit its signature or types."""
+    """An input does not fit: a workflow's arguments, a run id, a size or an encoding.
+
+    ``field`` names the input at fault when it is one field (``run_id``, ``input``, ...).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class EventTimeout(KenningError, TimeoutError):
@@ -33,6 +40,10 @@ class EventDataError(KenningError, ValueError):
 
 class InvalidEvent(KenningError, ValueError):
     """A CloudEvent is malformed; the message names the attribute."""
+
+
+class InvalidEventInput(InvalidEvent, InvalidInput):
+    """An event attribute the store cannot hold (NUL, lone surrogate, too long)."""
 
 
 class NonDeterminismError(KenningError):
@@ -81,9 +92,29 @@ class StoreUnavailable(KenningError):
     """The store cannot be reached; the operation may be retried."""
 
 
+class StoreOverloaded(StoreUnavailable):
+    """The store's write queue is full: nothing was done; retry after a short delay."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class SchemaTooNew(KenningError):
     """The database was migrated by a newer Kenning than this one."""
 
 
 class LeaseLost(KenningError):
-    """This worker no longer holds the run (its lease expired or the run was cancelled)."""
+    """This worker no longer holds the run (its lease expired or the run was cancelled).
+
+    What the store knew when the write was refused: the run's ``status``, its current
+    ``epoch`` and ``owner`` (``None`` when unknown, e.g. the run is gone).
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None, epoch: int | None = None,
+                 owner: str | None = None, status: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.epoch = epoch
+        self.owner = owner
+        self.status = status

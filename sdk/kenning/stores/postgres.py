@@ -35,6 +35,7 @@ from kenning.core.models import (
     Wait,
 )
 from kenning.core.store import EventWaitResult, Listener
+from kenning.core.validation import validate_events, validate_new_run
 from kenning.stores import postgres_schema
 from kenning.stores import postgres_sql as sql
 from kenning.stores.listeners import ListenerSet
@@ -78,6 +79,7 @@ class PostgresStore:
         max_batch: most operations one transaction takes.
         connect_timeout: seconds to wait for a connection.
         command_timeout: seconds before a statement is abandoned (``StoreUnavailable``).
+        max_queue: most writes waiting for a writer; more get ``StoreOverloaded`` at once.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class PostgresStore:
         max_batch: int = 256,
         connect_timeout: float = 10.0,
         command_timeout: float | None = 60.0,
+        max_queue: int = 10_000,
     ) -> None:
         self.dsn = dsn
         self.clock: Callable[[], float] = clock or time.time
@@ -100,6 +103,7 @@ class PostgresStore:
         self._max_batch = max_batch
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
+        self._max_queue = max_queue
         self._listeners = ListenerSet()
         self._own_pids: set[int] = set()
         self._pool: Any = None
@@ -126,7 +130,8 @@ class PostgresStore:
             raise
         self._pool, self._listen = pool, listen
         self._writer = GroupCommitWriter(pool, self._listeners.dispatch,
-                                         writers=self._writers, max_batch=self._max_batch)
+                                         writers=self._writers, max_batch=self._max_batch,
+                                         max_queue=self._max_queue)
         self._writer.start()
         log.info("PostgreSQL store open on %s (schema %d, was %d)", describe_target(self.dsn),
                  postgres_schema.SCHEMA_VERSION, found)
@@ -204,6 +209,8 @@ class PostgresStore:
     # -- runs ---------------------------------------------------------------------------
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
         """Create a pending run; an existing id returns that run unchanged."""
+        validate_new_run(new)
+
         async def op(conn: Conn, notes: Notes) -> tuple[Run, bool]:
             row = await conn.fetchrow(sql.CREATE_RUN, new.run_id, new.namespace, new.workflow,
                                       new.input, self._now(), new.pool, json.dumps(new.labels))
@@ -384,6 +391,7 @@ class PostgresStore:
         payload: Payload = (namespace, list(events))
         if not payload[1]:
             return []
+        validate_events(namespace, payload[1])
         keys = sorted({sql.event_lock_key(ev.type) for ev in payload[1] if ev.target_run is None})
 
         async def op(conn: Conn, notes: Notes) -> list[AcceptResult]:

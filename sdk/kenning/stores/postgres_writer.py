@@ -8,8 +8,14 @@ operations declared, in key order (so batches never deadlock on them), then runs
 operations back to back without savepoints: a step is one round trip. Operations that can
 merge (accepting events) run as one. If an operation fails with a database error, the
 transaction is rolled back and the batch runs again with a savepoint around each operation,
-so the failing one rolls back alone; one that lost a deadlock is queued again. Operations
-may raise ``LeaseLost`` or ``RunNotFound`` only before they wrote anything.
+so the failing one rolls back alone; one that lost a deadlock is queued again. If the
+``COMMIT`` itself fails with a database error (a notification PostgreSQL refuses), the batch
+runs again the same way, each operation's notifications sent inside its savepoint: one bad
+member fails only its own caller. Operations may raise ``LeaseLost`` or ``RunNotFound`` only
+before they wrote anything.
+
+The queue is bounded (``max_queue``): when it is full a caller gets ``StoreOverloaded`` at
+once instead of waiting behind work the database cannot keep up with.
 
 Notifications also go to other processes: ``pg_notify('kenning', 'kind|run_id|wake_at')``
 in the same transaction, sent with the ``COMMIT`` (delivered only if it commits).
@@ -23,7 +29,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from kenning.core.errors import LeaseLost, RunNotFound, StoreUnavailable
+from kenning.core.errors import LeaseLost, RunNotFound, StoreOverloaded, StoreUnavailable
 from kenning.core.models import Notification
 from kenning.stores.postgres_errors import RETRYABLE_ERRORS, is_connection_error, operation_error
 
@@ -80,6 +86,11 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _notify_sql(notes: Iterable[Notification]) -> str:
+    return "".join(f"SELECT pg_notify('{CHANNEL}', {_literal(notify_payload(n))}); "
+                   for n in dict.fromkeys(notes))
+
+
 def _lock_sql(jobs: Iterable[_Job]) -> str:
     exclusive: set[int] = set()
     shared: set[int] = set()
@@ -96,8 +107,9 @@ class GroupCommitWriter:
     """Runs store operations in shared transactions on ``writers`` pooled connections."""
 
     def __init__(self, pool: Any, on_commit: Callable[[list[Notification]], None], *,
-                 writers: int = 4, max_batch: int = 256) -> None:
+                 writers: int = 4, max_batch: int = 256, max_queue: int = 10_000) -> None:
         self._pool = pool
+        self._max_queue = max_queue
         self._on_commit = on_commit
         self._writers = writers
         self._max_batch = max_batch
@@ -122,6 +134,9 @@ class GroupCommitWriter:
         they share a batch; ``operation`` must do the same for its payload alone."""
         if self._closed:
             raise StoreUnavailable("the PostgreSQL store is closed")
+        if self._queue.qsize() >= self._max_queue:
+            raise StoreOverloaded(
+                f"the PostgreSQL store has {self._max_queue} writes queued; retry shortly")
         job = _Job(operation, frozenset(exclusive), frozenset(shared), merge, payload)
         self._queue.put_nowait(job)
         result: T = await job.future
@@ -218,11 +233,23 @@ class GroupCommitWriter:
         except _Dirty:
             await self._execute(conn, "ROLLBACK; " + begin)
             outcomes = await self._run_with_savepoints(conn, jobs)
-        notes = [note for _job, _value, error, ns in outcomes if error is None for note in ns]
-        commit = "".join(f"SELECT pg_notify('{CHANNEL}', {_literal(notify_payload(n))}); "
-                         for n in dict.fromkeys(notes)) + "COMMIT"
+        else:
+            notes = [note for _job, _value, error, ns in outcomes if error is None
+                     for note in ns]
+            try:
+                await conn.execute(_notify_sql(notes) + "COMMIT")
+                return outcomes
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise _Unreachable(exc, committing=True) from exc
+                # a database error at commit (a refused notification): nothing committed;
+                # run again with each member's notifications inside its own savepoint
+                log.info("PostgreSQL batch of %d failed at commit (%s); isolating members",
+                         len(jobs), exc)
+            await self._execute(conn, "ROLLBACK; " + begin)
+            outcomes = await self._run_with_savepoints(conn, jobs)
         try:
-            await conn.execute(commit)
+            await conn.execute("COMMIT")
         except Exception as exc:
             if is_connection_error(exc):
                 raise _Unreachable(exc, committing=True) from exc
@@ -283,6 +310,8 @@ class GroupCommitWriter:
             notes: list[Notification] = []
             try:
                 value = await job.operation(conn, notes)
+                if notes:  # sent here, so that a refused one fails this member alone
+                    await conn.execute(_notify_sql(notes).rstrip("; "))
             except Exception as exc:
                 if is_connection_error(exc):
                     raise _Unreachable(exc, committing=False) from exc

@@ -29,6 +29,7 @@ from kenning.core.models import (
     Wait,
 )
 from kenning.core.store import EventWaitResult, Listener
+from kenning.core.validation import validate_events, validate_new_run
 from kenning.stores import sqlite_schema
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.rows import outbox_from_row, run_from_row, step_from_row, wait_columns
@@ -58,13 +59,15 @@ class SqliteStore:
         clock: Callable[[], float] | None = None,
         event_retention: float = 86_400.0,
         busy_timeout: float = 10.0,
+        max_queue: int = 10_000,
     ) -> None:
         self.path = path
         self.clock: Callable[[], float] = clock or time.time
         self.event_retention = event_retention
         self._busy_timeout = busy_timeout
         self._listeners = ListenerSet()
-        self._writer = GroupCommitWriter(self._connect, self._listeners.dispatch)
+        self._writer = GroupCommitWriter(self._connect, self._listeners.dispatch,
+                                         max_queue=max_queue)
         self._schema_error: SchemaTooNew | None = None
 
     def _connect(self) -> Conn:
@@ -109,6 +112,8 @@ class SqliteStore:
     # -- runs ---------------------------------------------------------------------------
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
         """Create a pending run; an existing id returns that run unchanged."""
+        validate_new_run(new)
+
         def op(conn: Conn, notes: Notes) -> tuple[Run, bool]:
             now = self.clock()
             cur = conn.execute(
@@ -369,6 +374,8 @@ class SqliteStore:
     async def accept_events(self, namespace: str,
                             events: Sequence[CloudEventRecord]) -> list[AcceptResult]:
         """Commit events (deduplicated) and resume the runs waiting for them."""
+        validate_events(namespace, events)
+
         def op(conn: Conn, notes: Notes) -> list[AcceptResult]:
             now = self.clock()
             return [self._accept_one(conn, notes, namespace, ev, now) for ev in events]

@@ -3,7 +3,8 @@
 Concurrent callers each submit an operation; the thread runs all operations waiting at that
 moment in one transaction, each under its own savepoint (one failing operation rolls back
 alone), commits once, and only then resolves the callers' futures and hands the collected
-notifications to the event loop. One fsync serves the whole batch.
+notifications to the event loop. One fsync serves the whole batch. The queue is bounded
+(``max_queue``): when it is full a caller gets ``StoreOverloaded`` at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kenning.core.errors import StoreUnavailable
+from kenning.core.errors import StoreOverloaded, StoreUnavailable
 from kenning.core.models import Notification
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,11 @@ class GroupCommitWriter:
         self,
         connect: Callable[[], sqlite3.Connection],
         on_notifications: Callable[[list[Notification]], None],
+        *,
+        max_queue: int = 10_000,
     ) -> None:
         self._connect = connect
+        self._max_queue = max_queue
         self._on_notifications = on_notifications
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -63,6 +67,9 @@ class GroupCommitWriter:
         """Run ``operation`` in the next batch; return its result after the commit."""
         if self._thread is None or not self._thread.is_alive():
             raise StoreUnavailable("the SQLite store is closed")
+        if self._queue.qsize() >= self._max_queue:
+            raise StoreOverloaded(
+                f"the SQLite store has {self._max_queue} operations queued; retry shortly")
         job = _Job(operation, asyncio.get_running_loop())
         self._queue.put(job)
         result: T = await job.future

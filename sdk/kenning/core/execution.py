@@ -12,19 +12,14 @@ import asyncio
 import enum
 import logging
 import traceback
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 from kenning.core import codec
+from kenning.core.committer import Abandoned, LeaseCommitter
 from kenning.core.context import WorkflowContext
 from kenning.core.definitions import ActivityDefinition, WorkflowDefinition, decode_input
-from kenning.core.errors import (
-    ActivityError,
-    LeaseLost,
-    NonDeterminismError,
-    StoreUnavailable,
-    TerminalError,
-)
+from kenning.core.errors import ActivityError, NonDeterminismError, TerminalError
 from kenning.core.models import (
     ClaimedRun,
     CloudEventRecord,
@@ -38,13 +33,12 @@ from kenning.core.store import EventWaitResult, Store
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+_FINISHED = ("completed", "failed")
+
 
 class Suspended(BaseException):
     """Unwinds a workflow whose run is now waiting; never seen by user code's handlers."""
-
-
-class Abandoned(BaseException):
-    """Unwinds a workflow whose lease was lost: another owner or a cancel took over."""
 
 
 class Outcome(enum.StrEnum):
@@ -65,12 +59,16 @@ class RunExecution:
         definition: WorkflowDefinition[Any, Any],
         claimed: ClaimedRun,
         clock: Callable[[], float],
+        *,
+        lease_expiry: Callable[[], float | None] | None = None,
     ) -> None:
         self.store = store
         self.definition = definition
         self.run = claimed.run
         self.lease = claimed.lease
         self.clock = clock
+        self.committer = LeaseCommitter(store, claimed.lease, claimed.run.lease_expires,
+                                        lease_expiry)
         self.history = {step.seq: step for step in claimed.history}
         self.workflow_time = self.run.created_at
         self.suspended_until: float | None = None
@@ -93,10 +91,11 @@ class RunExecution:
             return Outcome.ABANDONED
         except Exception as exc:
             return await self._fail(exc)
+        steps = self._take_pending()
         await self._write(
-            self.store.finish_run(
-                self.lease, RunStatus.COMPLETED, result=result, steps=self._take_pending()
-            )
+            lambda: self.store.finish_run(self.lease, RunStatus.COMPLETED, result=result,
+                                          steps=steps),
+            settled=_FINISHED,
         )
         return Outcome.COMPLETED
 
@@ -105,11 +104,12 @@ class RunExecution:
         if not isinstance(exc, NonDeterminismError | ActivityError):
             log.info("run %s failed: %s", self.run.run_id, "".join(
                 traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)))
+        steps = self._take_pending()
         try:
             await self._write(
-                self.store.finish_run(
-                    self.lease, RunStatus.FAILED, error=error, steps=self._take_pending()
-                )
+                lambda: self.store.finish_run(self.lease, RunStatus.FAILED, error=error,
+                                              steps=steps),
+                settled=_FINISHED,
             )
         except Abandoned:
             return Outcome.ABANDONED
@@ -164,22 +164,26 @@ class RunExecution:
     async def commit(self, step: Step, outbox: Sequence[CloudEventRecord] = ()) -> None:
         """Commit ``step`` (with buffered steps and emitted events) under the lease."""
         steps = [*self._take_pending(), step]
-        await self._write(self.store.append_steps(self.lease, steps, outbox))
+        await self._write(lambda: self.store.append_steps(self.lease, steps, outbox),
+                          seq=step.seq)
         self.history[step.seq] = step
         self.workflow_time = max(self.workflow_time, step.recorded_at)
 
     async def suspend(self, wait: Wait) -> None:
         """Commit a timer or retry wait and unwind the workflow."""
-        await self._write(self.store.suspend(self.lease, wait, self._take_pending()))
+        steps = self._take_pending()
+        await self._write(lambda: self.store.suspend(self.lease, wait, steps),
+                          settled=("waiting_for_timer",))
         self.suspended_until = wait.wake_at
         raise Suspended
 
     async def begin_event_wait(self, wait: Wait) -> Step:
         """Consume an event already there, or commit the wait and unwind."""
-        result: EventWaitResult = await self._write(
-            self.store.begin_event_wait(self.lease, wait, self._take_pending())
-        )
-        if result.consumed is None:
+        steps = self._take_pending()
+        result: EventWaitResult | None = await self._write(
+            lambda: self.store.begin_event_wait(self.lease, wait, steps),
+            seq=wait.seq, on_recorded=EventWaitResult, settled=("waiting_for_event",))
+        if result is None or result.consumed is None:
             self.suspended_until = wait.wake_at
             raise Suspended
         step = result.consumed
@@ -187,17 +191,12 @@ class RunExecution:
         self.workflow_time = max(self.workflow_time, step.recorded_at)
         return step
 
-    async def _write(self, op: Any) -> Any:
-        try:
-            return await op
-        except LeaseLost:
-            raise Abandoned from None
-        except StoreUnavailable as exc:
-            # not the workflow's failure: drop the run; it is claimed again once its lease
-            # expires and the store is back
-            log.warning("run %s: store unavailable, leaving it to be resumed: %s",
-                        self.run.run_id, exc)
-            raise Abandoned from None
+    async def _write(self, make: Callable[[], Awaitable[T]], *, seq: int | None = None,
+                     on_recorded: Callable[[Step], T] | None = None,
+                     settled: Collection[str] = ()) -> T:
+        """Commit under the lease, riding out outages while it holds (``LeaseCommitter``)."""
+        return await self.committer.write(make, seq=seq, on_recorded=on_recorded,
+                                          settled=settled)
 
     # -- activities ---------------------------------------------------------------------
     async def call_activity(

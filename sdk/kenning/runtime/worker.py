@@ -53,6 +53,7 @@ class Worker:
         self._alarm: float | None = None
         self._alarm_known = False
         self._stopping = False
+        self._renewed_until: float | None = None  # store time the last renewal granted
 
     @property
     def active_runs(self) -> int:
@@ -136,7 +137,8 @@ class Worker:
         outcome = Outcome.ABANDONED
         try:
             definition = self.registry.get(claimed.run.workflow)
-            execution = RunExecution(self.store, definition, claimed, self.store.clock)
+            execution = RunExecution(self.store, definition, claimed, self.store.clock,
+                                     lease_expiry=lambda: self._renewed_until)
             outcome = await execution.execute()
             if outcome is Outcome.SUSPENDED and execution.suspended_until is not None:
                 until = execution.suspended_until
@@ -172,8 +174,10 @@ class Worker:
             await asyncio.sleep(interval)
             if self._active:
                 try:
+                    granted = self.store.clock() + self.options.lease_seconds
                     await self.store.renew_leases(self.worker_id, list(self._active),
                                                   self.options.lease_seconds)
+                    self._renewed_until = granted
                 except Exception as exc:
                     log.warning("worker %s could not renew leases: %s", self.worker_id, exc)
 

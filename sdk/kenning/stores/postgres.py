@@ -48,7 +48,7 @@ from kenning.stores.postgres_errors import (
 )
 from kenning.stores.postgres_listen import NotifyListener
 from kenning.stores.postgres_writer import CHANNEL, GroupCommitWriter, MergedOperation
-from kenning.stores.rows import outbox_from_row, run_from_row, step_from_row
+from kenning.stores.rows import lease_lost, outbox_from_row, run_from_row, step_from_row
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,11 @@ Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
 Notes = list[Notification]
 
 
-def _lease_lost(lease: Lease) -> LeaseLost:
-    return LeaseLost(f"run {lease.run_id}: lease of {lease.owner} (epoch {lease.epoch}) was lost")
+async def _lease_lost(conn: Conn, lease: Lease) -> LeaseLost:
+    """The ``LeaseLost`` for a refused fenced write, saying who holds the run now."""
+    row = await conn.fetchrow(sql.LEASE_HOLDER, lease.run_id)
+    return lease_lost(lease, None if row is None else (row["epoch"], row["lease_owner"],
+                                                       row["status"]))
 
 
 async def _reset_connection(conn: Conn) -> None:
@@ -303,7 +306,7 @@ class PostgresStore:
         namespace = await conn.fetchval(query, lease.run_id, lease.epoch, now,
                                         *sql.step_arrays(steps), *extra)
         if namespace is None:
-            raise _lease_lost(lease)
+            raise await _lease_lost(conn, lease)
         return namespace, now
 
     async def release_run(self, lease: Lease) -> None:

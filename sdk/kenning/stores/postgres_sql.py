@@ -83,6 +83,7 @@ CREATE_RUN = (
     " ON CONFLICT (run_id) DO NOTHING RETURNING *"
 )
 GET_RUN = "SELECT * FROM runs WHERE run_id = $1"
+LEASE_HOLDER = "SELECT epoch, lease_owner, status FROM runs WHERE run_id = $1"
 HISTORY = "SELECT * FROM history WHERE run_id = $1 ORDER BY seq"
 HISTORIES = "SELECT * FROM history WHERE run_id = ANY($1::text[]) ORDER BY run_id, seq"
 CANCEL = (

@@ -6,8 +6,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from kenning.core.errors import LeaseLost
 from kenning.core.events import record_from_json
 from kenning.core.models import (
+    Lease,
     OutboxEntry,
     Run,
     RunStatus,
@@ -100,3 +102,21 @@ def wait_columns(wait: Wait | None) -> dict[str, Any]:
         "wait_attempt": wait.attempt,
         "wait_error": wait.last_error,
     }
+
+
+def lease_lost(lease: Lease, holder: tuple[int, str | None, str] | None) -> LeaseLost:
+    """The ``LeaseLost`` for a write under ``lease`` that the store refused; ``holder`` is
+    the run's (epoch, lease owner, status) as the store has it now, ``None`` if it is gone."""
+    if holder is None:
+        return LeaseLost(f"run {lease.run_id}: lease of {lease.owner} (epoch {lease.epoch}) "
+                         f"was lost: the run no longer exists", run_id=lease.run_id)
+    epoch, owner, status = holder
+    if status == "running" and epoch != lease.epoch:
+        now = f"held by {owner} at epoch {epoch}"
+    elif status == "running":
+        now = f"still at epoch {epoch}, held by {owner}"
+    else:
+        now = f"{status} at epoch {epoch}"
+    return LeaseLost(f"run {lease.run_id}: lease of {lease.owner} (epoch {lease.epoch}) was "
+                     f"lost: the run is now {now}", run_id=lease.run_id, epoch=int(epoch),
+                     owner=owner, status=status)

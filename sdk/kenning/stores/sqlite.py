@@ -32,7 +32,13 @@ from kenning.core.store import EventWaitResult, Listener
 from kenning.core.validation import validate_events, validate_new_run
 from kenning.stores import sqlite_schema
 from kenning.stores.listeners import ListenerSet
-from kenning.stores.rows import outbox_from_row, run_from_row, step_from_row, wait_columns
+from kenning.stores.rows import (
+    lease_lost,
+    outbox_from_row,
+    run_from_row,
+    step_from_row,
+    wait_columns,
+)
 from kenning.stores.sqlite_writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -248,8 +254,9 @@ class SqliteStore:
             {"now": now, "run_id": lease.run_id, "epoch": lease.epoch, **(params or {})},
         )
         if cur.rowcount != 1:
-            raise LeaseLost(
-                f"run {lease.run_id}: lease of {lease.owner} (epoch {lease.epoch}) was lost")
+            row = conn.execute("SELECT epoch, lease_owner, status FROM runs WHERE run_id = ?",
+                               (lease.run_id,)).fetchone()
+            raise lease_lost(lease, None if row is None else (row[0], row[1], row[2]))
         return now
 
     @staticmethod

@@ -1,0 +1,111 @@
+"""Committing a run's writes under its lease, riding out store outages.
+
+A step that finished must not be thrown away because the store is briefly unreachable: a
+write that fails with ``StoreUnavailable`` is retried (capped, jittered backoff) for as long
+as the lease holds, judged by the store's clock against the lease expiry the store granted
+(the worker keeps renewing it). Only a lost lease, or a lease that ran out during the
+outage, abandons the run, and either is logged once.
+
+A retried write may find that its earlier attempt did commit (the connection broke after
+the ``COMMIT`` was sent): the step is then in the history, or the run already moved on to
+the state the write asked for under this very epoch. Either counts as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Collection
+from typing import TypeVar
+
+from kenning.core.errors import LeaseLost, StoreUnavailable
+from kenning.core.models import Lease, Step
+from kenning.core.store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RETRY_FIRST = 0.05  # seconds before the first retry of a commit
+RETRY_CAP = 2.0  # the longest pause between retries
+
+
+class Abandoned(BaseException):
+    """Unwinds a workflow whose lease was lost: another owner or a cancel took over."""
+
+
+class LeaseCommitter:
+    """Writes of one held run: fenced by its lease, retried through outages."""
+
+    def __init__(self, store: Store, lease: Lease, lease_expires: float | None,
+                 renewed_until: Callable[[], float | None] | None = None) -> None:
+        self.store = store
+        self.lease = lease
+        self._claimed_until = lease_expires
+        self._renewed_until = renewed_until
+
+    def lease_expires(self) -> float | None:
+        """The latest lease expiry the store granted (store time), if known."""
+        renewed = self._renewed_until() if self._renewed_until is not None else None
+        known = [t for t in (self._claimed_until, renewed) if t is not None]
+        return max(known) if known else None
+
+    async def write(self, make: Callable[[], Awaitable[T]], *, seq: int | None = None,
+                    on_recorded: Callable[[Step], T] | None = None,
+                    settled: Collection[str] = ()) -> T:
+        """Run ``make()`` until it commits, the lease is lost, or the lease runs out.
+
+        After an outage, a write whose step ``seq`` is found in the history, or whose
+        ``LeaseLost`` shows the run in one of the ``settled`` statuses at this lease's epoch,
+        had committed before: ``on_recorded(step)`` or ``None`` is returned for it."""
+        run_id = self.lease.run_id
+        delay = RETRY_FIRST
+        outage: StoreUnavailable | None = None
+        while True:
+            try:
+                if outage is not None and seq is not None:
+                    recorded = await self._recorded(seq)
+                    if recorded is not None:
+                        return on_recorded(recorded) if on_recorded is not None else None  # type: ignore[return-value]
+                result = await make()
+            except LeaseLost as exc:
+                if outage is not None and exc.epoch == self.lease.epoch and exc.status in settled:
+                    log.info("run %s: the commit had gone through before the outage ended",
+                             run_id)
+                    return None  # type: ignore[return-value]
+                self._log_lost(exc)
+                raise Abandoned from None
+            except StoreUnavailable as exc:
+                remaining = self._remaining()
+                if remaining is None or remaining <= 0:
+                    log.warning("run %s: store unavailable and the lease of %s (epoch %d) has "
+                                "run out; leaving the run to be resumed by any worker: %s",
+                                run_id, self.lease.owner, self.lease.epoch, exc)
+                    raise Abandoned from None
+                if outage is None:
+                    log.warning("run %s: store unavailable; retrying the commit while the "
+                                "lease holds (%.1f s left): %s", run_id, remaining, exc)
+                outage = exc
+                await asyncio.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
+                delay = min(RETRY_CAP, delay * 2)
+                continue
+            if outage is not None:
+                log.info("run %s: the store is back; the commit went through", run_id)
+            return result
+
+    def _remaining(self) -> float | None:
+        expires = self.lease_expires()
+        return None if expires is None else expires - self.store.clock()
+
+    async def _recorded(self, seq: int) -> Step | None:
+        history = await self.store.load_history(self.lease.run_id)
+        return next((step for step in history if step.seq == seq), None)
+
+    def _log_lost(self, exc: LeaseLost) -> None:
+        if exc.status == "cancelled":
+            log.info("run %s was cancelled; stopping it on %s", self.lease.run_id,
+                     self.lease.owner)
+            return
+        log.warning("run %s: lease lost by %s (epoch %d; new owner's epoch %s); abandoning "
+                    "the run here: %s", self.lease.run_id, self.lease.owner, self.lease.epoch,
+                    "unknown" if exc.epoch is None else exc.epoch, exc)

@@ -201,3 +201,20 @@ def read_status(backend: str, request: pytest.FixtureRequest,
         out = server.psql(f"SELECT status FROM runs WHERE run_id = '{run_id}'", database)
         return out.strip() or None
     return from_postgres
+
+
+@pytest.fixture
+def count_rows(backend: str, request: pytest.FixtureRequest,
+               tmp_path: Path) -> Callable[[str], int]:
+    """Count the rows of a table on a connection of its own (``table`` may carry a WHERE)."""
+    if backend == "sqlite":
+        def from_sqlite(table: str) -> int:
+            with contextlib.closing(sqlite3.connect(tmp_path / "kenning.db")) as conn:
+                return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        return from_sqlite
+    server: PgServer = request.getfixturevalue("pg_server")
+    database = str(request.getfixturevalue("pg_dsn")).rsplit("/", 1)[1]
+
+    def from_postgres(table: str) -> int:
+        return int(server.psql(f"SELECT count(*) FROM {table}", database).strip())
+    return from_postgres

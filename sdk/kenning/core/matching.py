@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kenning.core.errors import ConfigurationError
@@ -64,7 +65,10 @@ def event_value(event: CloudEventRecord, key: str, data: Any = _MISSING) -> Any:
 
 
 def event_matches(event: CloudEventRecord, match: Mapping[str, Any] | None) -> bool:
-    """True when every key of ``match`` holds in ``event`` (``None`` matches anything)."""
+    """True when every key of ``match`` holds in ``event`` (``None`` matches anything).
+
+    Values compare as canonical JSON, so ``1`` and ``"1"`` differ in data; attributes and
+    extensions are text, so an expected ``1`` equals the extension ``"1"``."""
     if not match:
         return True
     data: Any = _MISSING
@@ -72,12 +76,66 @@ def event_matches(event: CloudEventRecord, match: Mapping[str, Any] | None) -> b
         data = json.loads(event.data)
     for key, expected in match.items():
         actual = event_value(event, key, data)
-        if actual is _MISSING:
-            return False
-        if actual != expected and not (isinstance(actual, str) and actual == _as_text(expected)):
+        if actual is _MISSING or canonical(actual) != _expected_text(key, expected):
             return False
     return True
 
 
-def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def canonical(value: Any) -> str:
+    """A value's canonical JSON text: sorted keys, no spaces, integral numbers as integers."""
+    return json.dumps(_normal(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
+def _expected_text(key: str, expected: Any) -> str:
+    """The canonical text an event's value must have to satisfy ``key: expected``."""
+    is_data = key == "data" or key.startswith("data.")
+    return canonical(expected if is_data or isinstance(expected, str) else json.dumps(expected))
+
+
+# -- index keys ---------------------------------------------------------------------------
+# A wait is indexed by one (path, value) row per match key; a wait without ``match`` by
+# one row with the empty path. Long values are indexed by their digest: a collision only
+# adds a candidate, which ``event_matches`` then rejects.
+TYPE_ONLY = ("", "")
+_LONGEST_KEY = 200
+
+
+def _key_value(text: str) -> str:
+    if len(text) <= _LONGEST_KEY:
+        return text
+    return "#" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def wait_keys(match: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The (path, value) index rows of a wait's ``match``; all must be found in an event."""
+    if not match:
+        return [TYPE_ONLY]
+    return [(key, _key_value(_expected_text(key, value))) for key, value in match.items()]
+
+
+def event_keys(event: CloudEventRecord, paths: Iterable[str]) -> list[tuple[str, str]]:
+    """The (path, value) index rows an event offers for the paths waits of its type use;
+    absent paths offer none."""
+    wanted = sorted(set(paths))
+    data: Any = _MISSING
+    if any(p == "data" or p.startswith("data.") for p in wanted) and event.data is not None:
+        data = json.loads(event.data)
+    keys = []
+    for path in wanted:
+        if path == "":
+            keys.append(TYPE_ONLY)
+            continue
+        actual = event_value(event, path, data)
+        if actual is not _MISSING:
+            keys.append((path, _key_value(canonical(actual))))
+    return keys

@@ -36,6 +36,7 @@ from kenning.core.models import (
 )
 from kenning.core.store import EventWaitResult, Listener
 from kenning.core.validation import validate_events, validate_new_run
+from kenning.stores import postgres_match as match_sql
 from kenning.stores import postgres_schema
 from kenning.stores import postgres_sql as sql
 from kenning.stores.listeners import ListenerSet
@@ -346,7 +347,8 @@ class PostgresStore:
                 await conn.execute(sql.DELIVER, lease.run_id, pk, wait.seq, step.name,
                                    step.value, now)
                 return EventWaitResult(step)
-            await conn.execute(sql.WAIT_FOR_EVENT, lease.run_id, *sql.wait_params(wait))
+            await conn.execute(match_sql.WAIT_FOR_EVENT, lease.run_id, *sql.wait_params(wait),
+                               *match_sql.wait_key_params(wait))
             if wait.wake_at is not None:
                 notes.append(Notification(NotificationKind.TIMER, lease.run_id, wait.wake_at))
             else:

@@ -4,7 +4,8 @@ Concurrent ``accept_events`` calls that share a group commit are merged: all the
 go in one INSERT, the runs they may resume are read in one query (two when some events are
 addressed to a run) and resumed in one statement. A lone event takes one round trip less
 (insert and read in one statement). Events apply in order: a run resumed by one event no
-longer waits for the next. ``match`` is evaluated here, so only matching runs are written.
+longer waits for the next. Broadcast candidates come from the wait keys
+(``postgres_match``); ``match`` is re-checked here, so only matching runs are written.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from kenning.core.models import (
     Wait,
 )
 from kenning.stores import postgres_sql as sql
-from kenning.stores.rows import run_from_row
+from kenning.stores.postgres_match import find_candidates
+from kenning.stores.rows import wait_from_row
 
 Payload = tuple[str, list[CloudEventRecord]]  # (namespace, events) of one call
 _WAITING = RunStatus.WAITING_FOR_EVENT.value
@@ -76,7 +78,10 @@ async def _insert_one(conn: Any, item: _Incoming, now: float, retention: float) 
     if not rows:
         return []
     item.pk = int(rows[0]["event_pk"])
-    return [row for row in rows if row["run_id"] is not None]
+    if ev.target_run is not None:
+        return [row for row in rows if row["run_id"] is not None]
+    paths = [row["path"] for row in rows if row["path"] is not None]
+    return await find_candidates(conn, [(item.namespace, ev)], {(item.namespace, ev.type): paths})
 
 
 async def _insert_many(conn: Any, items: list[_Incoming], now: float, retention: float
@@ -95,9 +100,7 @@ async def _insert_many(conn: Any, items: list[_Incoming], now: float, retention:
     candidates: list[Any] = []
     if addressed:
         candidates += await conn.fetch(sql.LOCK_RUNS, addressed)
-    if broadcast:
-        candidates += await conn.fetch(sql.FIND_WAITING, sorted({i.namespace for i in broadcast}),
-                                       sorted({i.event.type for i in broadcast}))
+    candidates += await find_candidates(conn, [(i.namespace, i.event) for i in broadcast])
     return candidates
 
 
@@ -132,7 +135,7 @@ def _match(items: list[_Incoming], candidates: list[Any]) -> list[_Resume]:
                     or row["wait_type"] != ev.type):
                 continue
             if run_id not in waits:
-                waits[run_id] = run_from_row(row).wait
+                waits[run_id] = wait_from_row(row)
             wait = waits[run_id]
             if wait is None or not event_matches(ev, wait.match):
                 continue

@@ -98,6 +98,39 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_due ON outbox (next_attempt_at);
     """,
+    # 2: the match keys of waiting runs, indexed; claim and retention indexes
+    """
+    CREATE TABLE wait_keys (
+        namespace text NOT NULL,
+        event_type text NOT NULL,
+        path text NOT NULL,
+        value text NOT NULL,
+        run_id text NOT NULL,
+        seq integer NOT NULL,
+        nkeys smallint NOT NULL,
+        PRIMARY KEY (namespace, event_type, path, value, run_id)
+    );
+    CREATE INDEX wait_keys_run ON wait_keys (run_id);
+    CREATE TABLE wait_paths (
+        namespace text NOT NULL,
+        event_type text NOT NULL,
+        path text NOT NULL,
+        PRIMARY KEY (namespace, event_type, path)
+    );
+    CREATE FUNCTION kenning_drop_wait_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        DELETE FROM wait_keys WHERE run_id = OLD.run_id;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER runs_stop_waiting AFTER UPDATE OF status ON runs FOR EACH ROW
+        WHEN (OLD.status = 'waiting_for_event' AND NEW.status <> 'waiting_for_event')
+        EXECUTE FUNCTION kenning_drop_wait_keys();
+    CREATE TRIGGER runs_deleted_waiting AFTER DELETE ON runs FOR EACH ROW
+        WHEN (OLD.status = 'waiting_for_event') EXECUTE FUNCTION kenning_drop_wait_keys();
+    CREATE INDEX runs_status_created ON runs (status, created_at);
+    CREATE INDEX runs_finished ON runs (namespace, finished_at)
+        WHERE status IN ('completed', 'failed', 'cancelled');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

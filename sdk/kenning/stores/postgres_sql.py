@@ -138,8 +138,8 @@ def list_runs(*, namespace: bool, status: bool, workflow: bool) -> str:
 # $8 expiry; the insert and the read of the runs it may resume in one round trip.
 # A run starting to wait concurrently is seen as it commits: the addressed run because its
 # row is locked here (the wait locks it too), the others because a wait holds the type's
-# advisory lock exclusively and accepting holds it shared. Broadcast candidates are read
-# unlocked (many may wait, few match); RESUME re-checks that each still waits.
+# advisory lock exclusively and accepting holds it shared. Broadcast candidates are found
+# through the wait keys and read unlocked; RESUME re-checks that each still waits.
 _INSERT_EVENT = (
     "WITH ins AS (INSERT INTO events (namespace, source, id, type, target_run, record,"
     " received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -147,9 +147,9 @@ _INSERT_EVENT = (
     " SELECT ins.pk AS event_pk, r.* FROM ins LEFT JOIN LATERAL ({runs}) r ON true"
 )
 ACCEPT_ADDRESSED = _INSERT_EVENT.format(runs="SELECT * FROM runs WHERE run_id = $5 FOR UPDATE")
+# A broadcast event reads the paths waited on for its type (see ``postgres_match``).
 ACCEPT_BROADCAST = _INSERT_EVENT.format(
-    runs="SELECT * FROM runs WHERE namespace = $1 AND status = 'waiting_for_event'"
-    " AND wait_type = $4")
+    runs="SELECT path FROM wait_paths WHERE namespace = $1 AND event_type = $4")
 # Several events: insert them all ($1 now, $2 expiry, then arrays), then read candidates.
 INSERT_EVENTS = (
     "INSERT INTO events (namespace, source, id, type, target_run, record, received_at,"
@@ -159,10 +159,6 @@ INSERT_EVENTS = (
     " ON CONFLICT (source, id) DO NOTHING RETURNING pk, source, id"
 )
 LOCK_RUNS = "SELECT * FROM runs WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE"
-FIND_WAITING = (
-    "SELECT * FROM runs WHERE status = 'waiting_for_event' AND namespace = ANY($1::text[])"
-    " AND wait_type = ANY($2::text[])"
-)
 # Resume the runs that still wait as they were read: $1 runs, $2 event pks, $3 seqs,
 # $4 event types, $5 records, $6 the waits' match texts, $7 now. Returns those resumed.
 RESUME = (
@@ -189,10 +185,6 @@ DELIVER = (
     " h AS (INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
     " VALUES ($1, $3, 'event', $4, $5, NULL, $6))"
     f" UPDATE runs SET updated_at = $6{CLEAR_WAIT} WHERE run_id = $1"
-)
-WAIT_FOR_EVENT = (
-    "UPDATE runs SET status = 'waiting_for_event', lease_owner = NULL, lease_expires = NULL"
-    + set_wait(2) + " WHERE run_id = $1"
 )
 COUNT_EVENTS = "SELECT count(*) FROM events"
 PURGE = (

@@ -23,8 +23,8 @@ FINISHED_STATUSES = ("completed", "failed", "cancelled")
 WAITING_STATUSES = ("waiting_for_event", "waiting_for_timer")
 
 
-def run_from_row(row: Mapping[str, Any]) -> Run:
-    """A ``Run`` from a row of the ``runs`` table."""
+def wait_from_row(row: Mapping[str, Any]) -> Wait | None:
+    """The ``Wait`` stored in the wait columns of a ``runs`` row, if any."""
     wait = None
     if row["wait_kind"] is not None:
         wait = Wait(
@@ -38,6 +38,11 @@ def run_from_row(row: Mapping[str, Any]) -> Run:
             attempt=row["wait_attempt"] or 0,
             last_error=row["wait_error"],
         )
+    return wait
+
+
+def run_from_row(row: Mapping[str, Any]) -> Run:
+    """A ``Run`` from a row of the ``runs`` table."""
     return Run(
         run_id=row["run_id"],
         namespace=row["namespace"],
@@ -53,7 +58,7 @@ def run_from_row(row: Mapping[str, Any]) -> Run:
         updated_at=row["updated_at"],
         lease_owner=row["lease_owner"],
         lease_expires=row["lease_expires"],
-        wait=wait,
+        wait=wait_from_row(row),
         pool=row["pool"],
         labels=json.loads(row["labels"]) if row["labels"] else {},
     )

@@ -30,7 +30,7 @@ from kenning.core.models import (
 )
 from kenning.core.store import EventWaitResult, Listener
 from kenning.core.validation import validate_events, validate_new_run
-from kenning.stores import sqlite_schema
+from kenning.stores import sqlite_match, sqlite_schema
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.rows import (
     lease_lost,
@@ -313,6 +313,7 @@ class SqliteStore:
                 "UPDATE runs SET status = 'waiting_for_event', lease_owner = NULL,"
                 f" lease_expires = NULL, {', '.join(f'{c} = :{c}' for c in cols)}"
                 " WHERE run_id = :run_id", {"run_id": run.run_id, **cols})
+            sqlite_match.index_wait(conn, run.namespace, run.run_id, wait)
             if wait.wake_at is not None:
                 notes.append(Notification(NotificationKind.TIMER, run.run_id, wait.wake_at))
             else:
@@ -399,14 +400,15 @@ class SqliteStore:
             return AcceptResult(AcceptOutcome.DUPLICATE)
         pk = cur.lastrowid
         assert pk is not None
-        sql = ("SELECT * FROM runs WHERE namespace = ? AND status = 'waiting_for_event'"
-               " AND wait_type = ? AND (wake_at IS NULL OR wake_at > ?)")
-        params: tuple[Any, ...] = (namespace, ev.type, now)
-        if ev.target_run is not None:
-            sql += " AND run_id = ?"
-            params += (ev.target_run,)
+        if ev.target_run is None:
+            rows = sqlite_match.candidates(conn, namespace, ev, now)
+        else:
+            rows = conn.execute(
+                "SELECT * FROM runs WHERE namespace = ? AND status = 'waiting_for_event'"
+                " AND wait_type = ? AND (wake_at IS NULL OR wake_at > ?) AND run_id = ?",
+                (namespace, ev.type, now, ev.target_run)).fetchall()
         resumed = []
-        for row in conn.execute(sql, params).fetchall():
+        for row in rows:
             run = run_from_row(row)
             assert run.wait is not None
             if not event_matches(ev, run.wait.match):

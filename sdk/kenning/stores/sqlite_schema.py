@@ -84,6 +84,39 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_due ON outbox(next_attempt_at);
     """,
+    # 2: the match keys of waiting runs, indexed; claim and retention indexes
+    """
+    CREATE TABLE wait_keys (
+        namespace TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        path TEXT NOT NULL,
+        value TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        nkeys INTEGER NOT NULL,
+        PRIMARY KEY (namespace, event_type, path, value, run_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX wait_keys_run ON wait_keys(run_id);
+    CREATE TABLE wait_paths (
+        namespace TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (namespace, event_type, path)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER runs_stop_waiting AFTER UPDATE OF status ON runs
+        WHEN OLD.status = 'waiting_for_event' AND NEW.status <> 'waiting_for_event'
+    BEGIN
+        DELETE FROM wait_keys WHERE run_id = OLD.run_id;
+    END;
+    CREATE TRIGGER runs_deleted_waiting AFTER DELETE ON runs
+        WHEN OLD.status = 'waiting_for_event'
+    BEGIN
+        DELETE FROM wait_keys WHERE run_id = OLD.run_id;
+    END;
+    CREATE INDEX runs_status_created ON runs(status, created_at);
+    CREATE INDEX runs_finished ON runs(namespace, finished_at)
+        WHERE status IN ('completed', 'failed', 'cancelled');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -100,11 +133,24 @@ def migrate(conn: sqlite3.Connection) -> None:
                 f"{SCHEMA_VERSION}: upgrade Kenning before using this database"
             )
         for index in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[index].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(MIGRATIONS[index]):
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration, whole (a trigger's body holds semicolons)."""
+    out, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending)
+    return out

@@ -104,7 +104,11 @@ NEXT_WAKE = (
 @functools.lru_cache(maxsize=16)
 def claim(*, workflows: bool, run_ids: bool, reclaim: bool) -> str:
     """Lease runnable runs in one statement: $1 worker, $2 expiry, $3 now, $4 limit,
-    then the workflow names and the run ids as arrays when they filter."""
+    then the workflow names and the run ids as arrays when they filter.
+
+    Pending, due and expired runs are taken oldest first from one index each (a single
+    ``OR`` over the three would walk every run in creation order); each branch locks what
+    it takes, and the oldest ``$4`` of the three win."""
     own = " OR lease_owner = $1" if reclaim else ""
     filters, n = "", 5
     if workflows:
@@ -112,13 +116,20 @@ def claim(*, workflows: bool, run_ids: bool, reclaim: bool) -> str:
         n += 1
     if run_ids:
         filters += f" AND run_id = ANY(${n}::text[])"
+
+    def branch(name: str, condition: str) -> str:
+        return (f"{name} AS (SELECT run_id, created_at FROM runs WHERE {condition}{filters}"
+                " ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED)")
     return (
-        "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $2,"
+        "WITH " + branch("p", "status = 'pending'")
+        + ", " + branch("d", "status IN ('waiting_for_event', 'waiting_for_timer')"
+                             " AND wake_at <= $3")
+        + ", " + branch("l", f"status = 'running' AND (lease_expires < $3{own})")
+        + ", c AS (SELECT run_id FROM (SELECT * FROM p UNION ALL SELECT * FROM d"
+        " UNION ALL SELECT * FROM l) AS r ORDER BY created_at LIMIT $4)"
+        " UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $2,"
         " epoch = epoch + 1, started_at = COALESCE(started_at, $3), updated_at = $3"
-        " WHERE run_id IN (SELECT run_id FROM runs WHERE (status = 'pending'"
-        " OR (status IN ('waiting_for_event', 'waiting_for_timer') AND wake_at <= $3)"
-        f" OR (status = 'running' AND (lease_expires < $3{own}))){filters}"
-        " ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING *"
+        " WHERE run_id IN (SELECT run_id FROM c) RETURNING *"
     )
 
 

@@ -1,0 +1,186 @@
+"""Nothing hot scans: EXPLAIN every hot statement on a database of 100,000 runs.
+
+The rows are bulk-loaded with ``generate_series`` in the shapes the store writes (finished
+runs with history, runs waiting for events with their wait keys, timers, pending and running
+runs, kept and addressed events), then ANALYZEd. Each plan is checked for a sequential scan
+of a large table, both as planned for the values given (custom plan) and as a prepared
+statement planned once for any values (generic plan), which is what asyncpg ends up with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from kenning.stores import postgres_match as match_sql
+from kenning.stores import postgres_sql as sql
+from kenning.stores.postgres import PostgresStore
+from tests.pg_server import PgServer
+
+RUNS = 100_000
+MOST_ROWS = 5_000  # every population of the load (pending, waiting, finished) is larger
+LARGE = ("runs", "history", "events", "consumptions", "wait_keys", "outbox")
+NOW = time.time()
+
+# Runs 1-50,000 finished, 50,001-80,000 wait for an event (matched on data.order_id; a third
+# for ``order.paid``, the others over 1,000 types; every tenth with a timeout), 80,001-90,000
+# wait for a timer, 90,001-99,000 are pending and the rest running.
+_LOAD = f"""
+INSERT INTO runs (run_id, namespace, workflow, input, status, created_at, updated_at,
+    started_at, finished_at, result, lease_owner, lease_expires, epoch, wait_seq, wait_kind,
+    wake_at, wait_type, wait_match, wait_started)
+SELECT 'run-' || i, 'default', 'wf' || (i % 10), '["order-' || i || '"]',
+    CASE WHEN i <= 50000 THEN 'completed' WHEN i <= 80000 THEN 'waiting_for_event'
+         WHEN i <= 90000 THEN 'waiting_for_timer' WHEN i <= 99000 THEN 'pending'
+         ELSE 'running' END,
+    {NOW} - 86400 * 60 + i, {NOW} - 100, {NOW} - 86400 * 60 + i,
+    CASE WHEN i <= 50000 THEN {NOW} - 86400 * 60 + i + 10 END,
+    CASE WHEN i <= 50000 THEN '1' END,
+    CASE WHEN i > 99000 THEN 'worker-' || (i % 4) END,
+    CASE WHEN i > 99000 THEN {NOW} + 30 END, 1,
+    CASE WHEN i > 50000 AND i <= 90000 THEN 2 END,
+    CASE WHEN i > 50000 AND i <= 80000 THEN 'event' WHEN i > 80000 AND i <= 90000 THEN 'timer'
+         END,
+    CASE WHEN (i > 50000 AND i <= 80000 AND i % 10 = 0) OR (i > 80000 AND i <= 90000)
+         THEN {NOW} + i END,
+    CASE WHEN i > 50000 AND i <= 80000 THEN {{type}} END,
+    CASE WHEN i > 50000 AND i <= 80000 THEN '{{"data.order_id": "order-' || i || '"}}' END,
+    CASE WHEN i > 50000 AND i <= 90000 THEN {NOW} - 100 END
+FROM generate_series(1, {RUNS}) AS i;
+INSERT INTO history (run_id, seq, kind, name, value, recorded_at)
+SELECT 'run-' || i, s, 'activity', 'step' || s, '{{"ok": true}}', {NOW} - 100
+FROM generate_series(1, 90000) AS i, generate_series(0, 2) AS s;
+INSERT INTO wait_keys (namespace, event_type, path, value, run_id, seq, nkeys)
+SELECT 'default', {{type}}, 'data.order_id', '"order-' || i || '"', 'run-' || i, 2, 1
+FROM generate_series(50001, 80000) AS i;
+INSERT INTO wait_paths (namespace, event_type, path)
+SELECT 'default', 'type.' || t, 'data.order_id' FROM generate_series(0, 999) AS t
+UNION ALL SELECT 'default', 'order.paid', 'data.order_id';
+INSERT INTO events (namespace, source, id, type, target_run, record, received_at, expires_at)
+SELECT 'default', '/load', 'ev-' || i, 'type.' || (i % 1000),
+    CASE WHEN i % 2 = 0 THEN 'run-' || (50000 + i) END, '{{}}', {NOW} - i, {NOW} + 86400 - i
+FROM generate_series(1, 50000) AS i;
+INSERT INTO consumptions (run_id, event_pk)
+SELECT 'run-' || i, i FROM generate_series(1, 50000) AS i;
+INSERT INTO outbox (run_id, namespace, record, next_attempt_at, created_at)
+SELECT 'run-' || i, 'default', '{{}}', {NOW} + i, {NOW} FROM generate_series(1, 20000) AS i;
+ANALYZE;
+""".replace("{type}", "CASE WHEN i % 3 = 0 THEN 'order.paid' ELSE 'type.' || (i % 1000) END")
+
+
+@pytest.fixture(scope="module")
+def loaded(pg_server: PgServer) -> Iterator[str]:
+    """A database of 100,000 runs in every state, migrated, loaded and analyzed."""
+    name = pg_server.create_database()
+    dsn = pg_server.dsn(name)
+
+    async def load() -> None:
+        store = PostgresStore(dsn)
+        await store.open()
+        await store.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(_LOAD)
+        finally:
+            await conn.close()
+    asyncio.run(load())
+    yield dsn
+    pg_server.drop_database(name)
+
+
+def scans(plan: dict[str, Any]) -> list[str]:
+    """The large tables a plan scans: read sequentially, or more than ``MOST_ROWS`` rows of
+    them read by one node (an index walked end to end is a scan too)."""
+    found = []
+    table = plan.get("Relation Name")
+    if table in LARGE:
+        read = (plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
+                + plan.get("Rows Removed by Index Recheck", 0)) * plan.get("Actual Loops", 1)
+        if plan.get("Node Type") == "Seq Scan":
+            found.append(f"Seq Scan on {table}")
+        elif read > MOST_ROWS:
+            found.append(f"{plan.get('Node Type')} on {table} reading {read} rows")
+    for child in plan.get("Plans", ()):
+        found += scans(child)
+    return found
+
+
+async def assert_no_scan(dsn: str, query: str, *args: Any) -> None:
+    """EXPLAIN ANALYZE ``query`` (custom and generic plan, rolled back) and fail when it
+    scans a large table."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            await conn.execute(f"SET plan_cache_mode = {mode}")
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                text = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *args)
+            finally:
+                await tx.rollback()
+            [top] = json.loads(text)
+            found = scans(top["Plan"])
+            assert not found, (f"{mode}: {found} in {query}:\n"
+                               + json.dumps(top["Plan"], indent=1)[:4000])
+    finally:
+        await conn.close()
+
+
+def test_the_check_sees_scans(loaded: str) -> None:
+    for query, args in (("SELECT * FROM runs WHERE input = $1", ["x"]),
+                        ("SELECT * FROM runs WHERE created_at > $1 AND input = 'x'"
+                         " ORDER BY created_at LIMIT 1", [0.0])):
+        with pytest.raises(AssertionError, match="on runs"):
+            asyncio.run(assert_no_scan(loaded, query, *args))
+
+
+WAIT = [2, "event", None, "type.7", '{"data.order_id": "x"}', None, NOW, 0, None]
+CLAIMS = [(w, r, re) for w in (False, True) for r in (False, True) for re in (False, True)]
+
+
+@pytest.mark.parametrize(("workflows", "run_ids", "reclaim"), CLAIMS)
+async def test_claims_use_indexes(loaded: str, workflows: bool, run_ids: bool,
+                                  reclaim: bool) -> None:
+    query = sql.claim(workflows=workflows, run_ids=run_ids, reclaim=reclaim)
+    filters = [f for f, on in ((["wf1", "wf2"], workflows), (["run-95000"], run_ids)) if on]
+    await assert_no_scan(loaded, query, "worker-1", NOW + 30, NOW, 64, *filters)
+
+
+@pytest.mark.parametrize("name", [
+    "accept_broadcast", "accept_addressed", "candidates", "paths", "resume", "lock_runs",
+    "insert_events", "find_events", "deliver", "wait_for_event", "next_wake", "history",
+    "histories", "get_run", "create_run", "renew", "cancel", "purge_events", "due_outbox"])
+async def test_hot_statements_use_indexes(loaded: str, name: str) -> None:
+    event = ["default", "/t", "new-1", "order.paid", None, "{}", NOW, NOW + 60]
+    statements: dict[str, tuple[str, list[Any]]] = {
+        "accept_broadcast": (sql.ACCEPT_BROADCAST, event),
+        "accept_addressed": (sql.ACCEPT_ADDRESSED, [*event[:4], "run-50007", *event[5:]]),
+        "candidates": (match_sql.CANDIDATES, [[0, 0], ["default"] * 2, ["order.paid"] * 2,
+                                              ["data.order_id", ""], ['"order-50004"', ""]]),
+        "paths": (match_sql.PATHS, [["default"], ["order.paid"]]),
+        "resume": (sql.RESUME, [["run-50007"], [1], [2], ["type.7"], ["{}"], [None], NOW]),
+        "lock_runs": (sql.LOCK_RUNS, [["run-50007", "run-60000"]]),
+        "insert_events": (sql.INSERT_EVENTS, [NOW, NOW + 60, ["default"], ["/t"], ["n-2"],
+                                              ["type.7"], [None], ["{}"]]),
+        "find_events": (sql.FIND_EVENTS, ["default", "type.7", "run-50007", NOW - 60]),
+        "deliver": (sql.DELIVER, ["run-50007", 1, 3, "type.7", "{}", NOW]),
+        "wait_for_event": (match_sql.WAIT_FOR_EVENT,
+                           ["run-99500", *WAIT, ["data.order_id"], ['"x"']]),
+        "next_wake": (sql.NEXT_WAKE, []),
+        "history": (sql.HISTORY, ["run-70000"]),
+        "histories": (sql.HISTORIES, [["run-70000", "run-90001"]]),
+        "get_run": (sql.GET_RUN, ["run-70000"]),
+        "create_run": (sql.CREATE_RUN, ["new", "default", "wf", "[]", NOW, None, "{}"]),
+        "renew": (sql.RENEW, [NOW + 30, "worker-1", ["run-99001"]]),
+        "cancel": (sql.CANCEL, ["run-70000", "test", NOW]),
+        "purge_events": (sql.PURGE, [NOW]),
+        "due_outbox": (sql.DUE_OUTBOX, [NOW, 100, 30.0]),
+    }
+    query, args = statements[name]
+    await assert_no_scan(loaded, query, *args)

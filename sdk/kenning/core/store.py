@@ -61,6 +61,10 @@ class Store(Protocol):
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
         """Create a pending run; if the id exists return that run and ``False``."""
 
+    async def create_runs(self, news: Sequence[NewRun]) -> list[tuple[bool, str]]:
+        """Create many pending runs in one statement; for each, whether it was created
+        and the workflow its id belongs to (an existing id is left unchanged)."""
+
     async def get_run(self, run_id: str) -> Run | None:
         """The run with this id, or ``None``."""
 

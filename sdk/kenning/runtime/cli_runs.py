@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -29,7 +29,7 @@ from kenning.runtime.cli_common import (
     timeout_option,
     to_json,
 )
-from kenning.runtime.client import Client, RunInfo, WaitingFor
+from kenning.runtime.client import Client, RunInfo, WaitingFor, create_runs
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,22 @@ log = logging.getLogger(__name__)
 @database_option
 @click.option("--wait", is_flag=True, help="Wait for the run to finish and print its result.")
 @timeout_option
+@click.option("--from-file", "from_file", type=click.File("r"), default=None, metavar="FILE",
+              help='Start a run per line of FILE (JSON lines, - for stdin), each '
+                   '{"input": ..., "id": ...} (both optional, as --input and --id), in '
+                   'batches of one statement each; prints the ids.')
 def start(workflow: str, input_value: Any, run_id: str | None, namespace: str, database: str,
-          wait: bool, timeout: float | None) -> None:
+          wait: bool, timeout: float | None, from_file: TextIO | None) -> None:
     """Start a run of WORKFLOW (by name) and print its id.
 
     A worker serving WORKFLOW picks it up. With --wait, also print the result as JSON; a
     failed or cancelled run exits with code 1.
     """
+    if from_file is not None:
+        if input_value is not None or run_id is not None or wait:
+            raise CliFailure("--from-file starts many runs: it takes no --input, --id or --wait")
+        start_from_file(workflow, from_file, namespace, database)
+        return
     args, kwargs = input_from_json(input_value)
     payload = encode_input(args, kwargs)
 
@@ -73,6 +82,34 @@ def start(workflow: str, input_value: Any, run_id: str | None, namespace: str, d
                 click.echo(to_json(await _result(client, run.run_id, timeout)))
 
     run_async(go())
+
+
+def start_from_file(workflow: str, lines: TextIO, namespace: str, database: str) -> None:
+    """Start a run of ``workflow`` per JSON line (``{"input": ..., "id": ...}``)."""
+    news = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            spec = json.loads(line)
+        except ValueError as exc:
+            raise CliFailure(f"line {number}: not JSON ({exc})") from None
+        if not isinstance(spec, dict) or not set(spec) <= {"input", "id"}:
+            raise CliFailure(f'line {number}: expected an object {{"input": ..., "id": ...}}')
+        args, kwargs = input_from_json(spec.get("input"))
+        news.append(NewRun(run_id=str(spec.get("id") or f"run-{uuid.uuid4().hex[:16]}"),
+                           namespace=namespace, workflow=workflow,
+                           input=encode_input(args, kwargs)))
+
+    async def go() -> list[bool]:
+        async with open_client(database, namespace, create=True) as client:
+            return await create_runs(client.store, news)
+
+    created = run_async(go())
+    for new in news:
+        click.echo(new.run_id)
+    click.echo(f"started {sum(created)} runs ({len(created) - sum(created)} already existed)",
+               err=True)
 
 
 async def _result(client: Client, run_id: str, timeout: float | None) -> Any:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +81,25 @@ class RunInfo:
         )
 
 
+START_MANY_CHUNK = 10_000  # runs per statement (and transaction) of ``start_many``
+
+
+async def create_runs(store: Store, news: Sequence[NewRun]) -> list[bool]:
+    """Create runs in chunks of ``START_MANY_CHUNK``; per run, whether it was created.
+    Raises ``ConfigurationError`` when an id already belongs to another workflow (the
+    chunks before it stay started)."""
+    created: list[bool] = []
+    for start in range(0, len(news), START_MANY_CHUNK):
+        chunk = news[start:start + START_MANY_CHUNK]
+        for new, (made, workflow) in zip(chunk, await store.create_runs(chunk), strict=True):
+            if workflow != new.workflow:
+                raise ConfigurationError(
+                    f"run id '{new.run_id}' already belongs to workflow '{workflow}', "
+                    f"not '{new.workflow}': use another id")
+            created.append(made)
+    return created
+
+
 def _dt(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
@@ -122,6 +141,47 @@ class Client:
             raise ConfigurationError(
                 f"run id '{run.run_id}' already belongs to workflow '{run.workflow}'")
         return run.run_id
+
+    async def start_many(
+        self,
+        workflow: WorkflowDefinition[Any, Any] | str,
+        inputs: Iterable[Any],
+        /,
+        *,
+        run_ids: Sequence[str] | None = None,
+        namespace: str | None = None,
+    ) -> list[str]:
+        """Start a run per element of ``inputs`` in one round trip per
+        ``START_MANY_CHUNK`` runs; returns their ids in order.
+
+        Each element is the one argument of its run, or a tuple of its positional
+        arguments. ``run_ids`` (as many as inputs) makes each start idempotent like
+        ``start``: an existing id is returned, not started again.
+        """
+        if isinstance(workflow, WorkflowDefinition):
+            name = workflow.name
+        elif isinstance(workflow, str) and workflow:
+            name = workflow
+        else:
+            raise ConfigurationError("start_many needs a @workflow or a workflow name")
+
+        def encode(item: Any) -> str:
+            args = item if isinstance(item, tuple) else (item,)
+            if isinstance(workflow, WorkflowDefinition):
+                return workflow.encode_arguments(args, {})
+            return encode_input(args, {})
+        payloads = [encode(item) for item in inputs]
+        if run_ids is not None and len(run_ids) != len(payloads):
+            raise ConfigurationError(
+                f"start_many: {len(run_ids)} run ids for {len(payloads)} inputs; "
+                "give one id per input or none")
+        ns = check_namespace(namespace or self.namespace)
+        ids = list(run_ids) if run_ids is not None else [
+            f"run-{uuid.uuid4().hex[:16]}" for _ in payloads]
+        news = [NewRun(run_id=i, namespace=ns, workflow=name, input=p)
+                for i, p in zip(ids, payloads, strict=True)]
+        await create_runs(self.store, news)
+        return ids
 
     async def get_run(self, run_id: str) -> RunInfo:
         """The run's status, result, error and what it waits for."""

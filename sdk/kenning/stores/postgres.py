@@ -49,7 +49,14 @@ from kenning.stores.postgres_errors import (
 )
 from kenning.stores.postgres_listen import NotifyListener
 from kenning.stores.postgres_writer import CHANNEL, GroupCommitWriter, MergedOperation
-from kenning.stores.rows import lease_lost, outbox_from_row, run_from_row, step_from_row
+from kenning.stores.rows import (
+    first_created,
+    lease_lost,
+    outbox_from_row,
+    run_from_row,
+    runnable_notes,
+    step_from_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +229,23 @@ class PostgresStore:
                 notes.append(Notification(NotificationKind.RUNNABLE, new.run_id))
                 return run_from_row(row), True
             return await self._get(conn, new.run_id), False
+        return await self._write(op)
+
+    async def create_runs(self, news: Sequence[NewRun]) -> list[tuple[bool, str]]:
+        """Create many pending runs in one statement (idempotent per id)."""
+        batch = [validate_new_run(new) for new in news]
+        if not batch:
+            return []
+
+        async def op(conn: Conn, notes: Notes) -> list[tuple[bool, str]]:
+            rows = await conn.fetch(
+                sql.CREATE_RUNS, self._now(), [n.run_id for n in batch],
+                [n.namespace for n in batch], [n.workflow for n in batch],
+                [n.input for n in batch], [n.pool for n in batch],
+                [json.dumps(n.labels) for n in batch])
+            found = {row["run_id"]: (bool(row["created"]), row["workflow"]) for row in rows}
+            notes.extend(runnable_notes([i for i, (made, _) in found.items() if made]))
+            return first_created(batch, found)
         return await self._write(op)
 
     @staticmethod

@@ -82,6 +82,19 @@ CREATE_RUN = (
     " pool, labels) VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7)"
     " ON CONFLICT (run_id) DO NOTHING RETURNING *"
 )
+# Many runs: $1 now, then the columns as arrays; one row per distinct id: whether it was
+# created and the workflow its id belongs to.
+CREATE_RUNS = (
+    "WITH n AS (SELECT DISTINCT ON (run_id) * FROM unnest($2::text[], $3::text[], $4::text[],"
+    " $5::text[], $6::text[], $7::text[]) WITH ORDINALITY"
+    " AS n(run_id, namespace, workflow, input, pool, labels, i) ORDER BY run_id, i),"
+    " ins AS (INSERT INTO runs (run_id, namespace, workflow, input, status, created_at,"
+    " updated_at, pool, labels) SELECT run_id, namespace, workflow, input, 'pending', $1, $1,"
+    " pool, labels FROM n ORDER BY i ON CONFLICT (run_id) DO NOTHING RETURNING run_id)"
+    " SELECT n.run_id, ins.run_id IS NOT NULL AS created, COALESCE(r.workflow, n.workflow)"
+    " AS workflow FROM n LEFT JOIN ins ON ins.run_id = n.run_id"
+    " LEFT JOIN runs r ON r.run_id = n.run_id"
+)
 GET_RUN = "SELECT * FROM runs WHERE run_id = $1"
 LEASE_HOLDER = "SELECT epoch, lease_owner, status FROM runs WHERE run_id = $1"
 HISTORY = "SELECT * FROM history WHERE run_id = $1 ORDER BY seq"

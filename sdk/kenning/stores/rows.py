@@ -10,6 +10,9 @@ from kenning.core.errors import LeaseLost
 from kenning.core.events import record_from_json
 from kenning.core.models import (
     Lease,
+    NewRun,
+    Notification,
+    NotificationKind,
     OutboxEntry,
     Run,
     RunStatus,
@@ -125,3 +128,26 @@ def lease_lost(lease: Lease, holder: tuple[int, str | None, str] | None) -> Leas
     return LeaseLost(f"run {lease.run_id}: lease of {lease.owner} (epoch {lease.epoch}) was "
                      f"lost: the run is now {now}", run_id=lease.run_id, epoch=int(epoch),
                      owner=owner, status=status)
+
+
+MOST_RUN_NOTES = 100  # a larger batch of new runs is announced by one note without an id
+
+
+def runnable_notes(run_ids: list[str]) -> list[Notification]:
+    """The notes announcing new runs: one per run, or one "anything may be runnable" note
+    for a large batch (so that a million starts do not send a million notifications)."""
+    if len(run_ids) > MOST_RUN_NOTES:
+        return [Notification(NotificationKind.RUNNABLE, None)]
+    return [Notification(NotificationKind.RUNNABLE, run_id) for run_id in run_ids]
+
+
+def first_created(batch: list[NewRun], found: dict[str, tuple[bool, str]]
+                  ) -> list[tuple[bool, str]]:
+    """Per new run, (created, workflow of its id); a repeated id counts as created once."""
+    seen: set[str] = set()
+    out = []
+    for new in batch:
+        created, workflow = found[new.run_id]
+        out.append((created and new.run_id not in seen, workflow))
+        seen.add(new.run_id)
+    return out

@@ -33,9 +33,11 @@ from kenning.core.validation import validate_events, validate_new_run
 from kenning.stores import sqlite_match, sqlite_schema
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.rows import (
+    first_created,
     lease_lost,
     outbox_from_row,
     run_from_row,
+    runnable_notes,
     step_from_row,
     wait_columns,
 )
@@ -133,6 +135,32 @@ class SqliteStore:
                 notes.append(Notification(NotificationKind.RUNNABLE, new.run_id))
             return self._get(conn, new.run_id), created
         return await self._writer.run(op)
+
+    async def create_runs(self, news: Sequence[NewRun]) -> list[tuple[bool, str]]:
+        """Create many pending runs in one transaction (idempotent per id)."""
+        batch = [validate_new_run(new) for new in news]
+
+        def op(conn: Conn, notes: Notes) -> list[tuple[bool, str]]:
+            now = self.clock()
+            found: dict[str, tuple[bool, str]] = {}
+            for new in batch:
+                if new.run_id in found:
+                    continue
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO runs (run_id, namespace, workflow, input, status,"
+                    " created_at, updated_at, pool, labels)"
+                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                    (new.run_id, new.namespace, new.workflow, new.input, now, now, new.pool,
+                     json.dumps(new.labels)))
+                if cur.rowcount == 1:
+                    found[new.run_id] = (True, new.workflow)
+                else:
+                    row = conn.execute("SELECT workflow FROM runs WHERE run_id = ?",
+                                       (new.run_id,)).fetchone()
+                    found[new.run_id] = (False, row[0])
+            notes.extend(runnable_notes([i for i, (made, _) in found.items() if made]))
+            return first_created(batch, found)
+        return await self._writer.run(op) if batch else []
 
     def _get(self, conn: Conn, run_id: str) -> Run:
         row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -84,7 +84,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_due ON outbox(next_attempt_at);
     """,
-    # 2: the match keys of waiting runs, indexed; claim and retention indexes
+    # 2: the match keys of waiting runs, indexed; claim indexes; retention of finished runs
     """
     CREATE TABLE wait_keys (
         namespace TEXT NOT NULL,
@@ -116,6 +116,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_status_created ON runs(status, created_at);
     CREATE INDEX runs_finished ON runs(namespace, finished_at)
         WHERE status IN ('completed', 'failed', 'cancelled');
+    CREATE TABLE namespace_settings (
+        namespace TEXT PRIMARY KEY,
+        finished_retention REAL NOT NULL
+    );
     """,
 ]
 

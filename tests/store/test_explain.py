@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from kenning.stores import postgres_match as match_sql
+from kenning.stores import postgres_retention as retention_sql
 from kenning.stores import postgres_sql as sql
 from kenning.stores.postgres import PostgresStore
 from tests.pg_server import PgServer
@@ -155,7 +156,8 @@ async def test_claims_use_indexes(loaded: str, workflows: bool, run_ids: bool,
 @pytest.mark.parametrize("name", [
     "accept_broadcast", "accept_addressed", "candidates", "paths", "resume", "lock_runs",
     "insert_events", "find_events", "deliver", "wait_for_event", "next_wake", "history",
-    "histories", "get_run", "create_run", "renew", "cancel", "purge_events", "due_outbox"])
+    "histories", "get_run", "create_run", "create_runs", "renew", "cancel", "purge_events",
+    "due_outbox", "purge_namespaces", "purge_runs"])
 async def test_hot_statements_use_indexes(loaded: str, name: str) -> None:
     event = ["default", "/t", "new-1", "order.paid", None, "{}", NOW, NOW + 60]
     statements: dict[str, tuple[str, list[Any]]] = {
@@ -181,6 +183,10 @@ async def test_hot_statements_use_indexes(loaded: str, name: str) -> None:
         "cancel": (sql.CANCEL, ["run-70000", "test", NOW]),
         "purge_events": (sql.PURGE, [NOW]),
         "due_outbox": (sql.DUE_OUTBOX, [NOW, 100, 30.0]),
+        "create_runs": (sql.CREATE_RUNS, [NOW, ["run-5", "new-1"], ["default"] * 2, ["wf"] * 2,
+                                          ["[]"] * 2, [None] * 2, ["{}"] * 2]),
+        "purge_namespaces": (retention_sql.NAMESPACES, []),
+        "purge_runs": (retention_sql.PURGE_RUNS, ["default", NOW - 86400 * 30, 500]),
     }
     query, args = statements[name]
     await assert_no_scan(loaded, query, *args)

@@ -151,6 +151,18 @@ class Store(Protocol):
     async def purge_expired(self) -> int:
         """Drop events past their retention; returns how many."""
 
+    async def purge_finished(self, *, before: float | None = None,
+                             namespace: str | None = None, limit: int = 500) -> int:
+        """Delete up to ``limit`` finished runs with their history, oldest first: those
+        finished before ``before``, or by default past their namespace's retention.
+        Unfinished runs are never touched. Returns how many were deleted."""
+
+    async def set_finished_retention(self, namespace: str, seconds: float) -> None:
+        """Keep the namespace's finished runs ``seconds`` after they finish (0: forever)."""
+
+    async def finished_retention(self, namespace: str) -> float:
+        """How long the namespace keeps finished runs, in seconds (0: forever)."""
+
     # -- outbox -------------------------------------------------------------------------
     async def due_outbox(self, limit: int, claim_seconds: float = 30.0) -> list[OutboxEntry]:
         """Claim the outbox entries whose next attempt is due: they are hidden from other

@@ -23,6 +23,7 @@ from kenning.runtime.cli_common import (
     run_async,
 )
 from kenning.runtime.cli_operator import operator
+from kenning.runtime.cli_retention import purge, retention
 from kenning.runtime.cli_runs import runs, start
 from kenning.runtime.cli_send import send
 from kenning.runtime.loader import load_workflows
@@ -59,6 +60,8 @@ def main(ctx: click.Context, debug: bool, log_level: str | None) -> None:
 
 main.add_command(start)
 main.add_command(runs)
+runs.add_command(purge)
+runs.add_command(retention)
 main.add_command(send)
 main.add_command(operator)
 

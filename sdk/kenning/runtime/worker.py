@@ -17,8 +17,11 @@ from kenning.core.definitions import Registry
 from kenning.core.execution import Outcome, RunExecution
 from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind
 from kenning.core.store import Store
+from kenning.runtime.retention import purge_finished_runs
 
 log = logging.getLogger(__name__)
+
+PURGE_BATCHES_PER_ROUND = 100  # finished runs purged per round: at most 100 small batches
 
 
 @dataclass(frozen=True)
@@ -188,5 +191,9 @@ class Worker:
                 await self.store.purge_expired()
             except Exception as exc:
                 log.warning("purging expired events failed: %s", exc)
+            try:
+                await purge_finished_runs(self.store, max_batches=PURGE_BATCHES_PER_ROUND)
+            except Exception as exc:
+                log.warning("purging finished runs failed: %s", exc)
 
 

@@ -48,8 +48,10 @@ from kenning.stores.postgres_errors import (
     operation_error,
 )
 from kenning.stores.postgres_listen import NotifyListener
+from kenning.stores.postgres_retention import PostgresRetention
 from kenning.stores.postgres_writer import CHANNEL, GroupCommitWriter, MergedOperation
 from kenning.stores.rows import (
+    DEFAULT_FINISHED_RETENTION,
     first_created,
     lease_lost,
     outbox_from_row,
@@ -78,7 +80,7 @@ async def _reset_connection(conn: Conn) -> None:
         await conn.execute("ROLLBACK")
 
 
-class PostgresStore:
+class PostgresStore(PostgresRetention):
     """``Store`` on PostgreSQL; many processes may share the database.
 
     Args:
@@ -109,6 +111,7 @@ class PostgresStore:
         self.dsn = dsn
         self.clock: Callable[[], float] = clock or time.time
         self.event_retention = float(event_retention)
+        self.finished_retention_default = DEFAULT_FINISHED_RETENTION
         self._writers = writers
         self._readers = readers
         self._max_batch = max_batch

@@ -23,6 +23,7 @@ from kenning.core.models import (
 )
 
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
+DEFAULT_FINISHED_RETENTION = 30 * 86_400.0  # finished runs are purged after 30 days
 WAITING_STATUSES = ("waiting_for_event", "waiting_for_timer")
 
 

@@ -33,6 +33,7 @@ from kenning.core.validation import validate_events, validate_new_run
 from kenning.stores import sqlite_match, sqlite_schema
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.rows import (
+    DEFAULT_FINISHED_RETENTION,
     first_created,
     lease_lost,
     outbox_from_row,
@@ -41,6 +42,7 @@ from kenning.stores.rows import (
     step_from_row,
     wait_columns,
 )
+from kenning.stores.sqlite_retention import SqliteRetention
 from kenning.stores.sqlite_writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ _RUNNABLE = """
 _CLEAR_WAIT = ", ".join(f"{col} = :{col}" for col in wait_columns(None))
 
 
-class SqliteStore:
+class SqliteStore(SqliteRetention):
     """``Store`` on a SQLite file. Several processes may share the file (WAL, busy timeout);
     wake-ups cross processes only through the workers' fallback poll."""
 
@@ -72,6 +74,7 @@ class SqliteStore:
         self.path = path
         self.clock: Callable[[], float] = clock or time.time
         self.event_retention = event_retention
+        self.finished_retention_default = DEFAULT_FINISHED_RETENTION
         self._busy_timeout = busy_timeout
         self._listeners = ListenerSet()
         self._writer = GroupCommitWriter(self._connect, self._listeners.dispatch,

@@ -1,0 +1,93 @@
+"""Retention of finished runs on PostgreSQL: delete old finished runs with their history.
+
+Each call deletes at most a small batch, in a statement of its own on a pooled connection
+(not in a group commit, so hot writes never wait behind it). Only runs whose status is
+final are touched; they are locked ``SKIP LOCKED``, so a purge never waits on a hot row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+FINISHED = "status IN ('completed', 'failed', 'cancelled')"
+
+# The namespaces that have finished runs: one index probe each (a loose index scan).
+NAMESPACES = (
+    "WITH RECURSIVE ns AS ("
+    f" (SELECT namespace FROM runs WHERE {FINISHED} ORDER BY namespace LIMIT 1)"
+    " UNION ALL SELECT (SELECT r.namespace FROM runs r"
+    f" WHERE r.{FINISHED} AND r.namespace > ns.namespace ORDER BY r.namespace LIMIT 1)"
+    " FROM ns WHERE ns.namespace IS NOT NULL)"
+    " SELECT namespace FROM ns WHERE namespace IS NOT NULL"
+)
+RETENTIONS = "SELECT namespace, finished_retention FROM namespace_settings"
+RETENTION_OF = "SELECT finished_retention FROM namespace_settings WHERE namespace = $1"
+SET_RETENTION = (
+    "INSERT INTO namespace_settings (namespace, finished_retention) VALUES ($1, $2)"
+    " ON CONFLICT (namespace) DO UPDATE SET finished_retention = EXCLUDED.finished_retention"
+)
+# Up to $3 runs of namespace $1 finished before $2, oldest first, with their history and
+# consumption marks.
+PURGE_RUNS = (
+    "WITH d AS (DELETE FROM runs WHERE run_id IN (SELECT run_id FROM runs"
+    f" WHERE namespace = $1 AND {FINISHED} AND finished_at < $2"
+    f" ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED) AND {FINISHED} RETURNING run_id),"
+    " h AS (DELETE FROM history WHERE run_id = ANY(ARRAY(SELECT run_id FROM d))),"
+    " c AS (DELETE FROM consumptions WHERE run_id = ANY(ARRAY(SELECT run_id FROM d)))"
+    " SELECT count(*) FROM d"
+)
+
+
+async def purge_batch(conn: Any, now: float, default_retention: float, before: float | None,
+                      namespace: str | None, limit: int) -> int:
+    """Delete up to ``limit`` finished runs (see ``Store.purge_finished``); how many."""
+    if namespace is not None:
+        spaces = [namespace]
+    else:
+        spaces = [row["namespace"] for row in await conn.fetch(NAMESPACES)]
+    settings = {row["namespace"]: float(row["finished_retention"])
+                for row in await conn.fetch(RETENTIONS)}
+    purged = 0
+    for space in spaces:
+        if before is not None:
+            cutoff = before
+        else:
+            keep = settings.get(space, default_retention)
+            if keep <= 0:
+                continue  # 0 keeps finished runs forever
+            cutoff = now - keep
+        purged += int(await conn.fetchval(PURGE_RUNS, space, cutoff, limit - purged))
+        if purged >= limit:
+            break
+    return purged
+
+
+class PostgresRetention:
+    """The retention methods of ``PostgresStore``."""
+
+    finished_retention_default: float
+
+    async def _read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    def _now(self) -> float:
+        raise NotImplementedError
+
+    async def purge_finished(self, *, before: float | None = None,
+                             namespace: str | None = None, limit: int = 500) -> int:
+        """Delete a batch of finished runs with their history (statements of their own,
+        outside the group commit; rows locked ``SKIP LOCKED``)."""
+        return await self._read(lambda conn: purge_batch(
+            conn, self._now(), self.finished_retention_default, before, namespace, limit))
+
+    async def set_finished_retention(self, namespace: str, seconds: float) -> None:
+        """Keep the namespace's finished runs ``seconds`` after they finish (0: forever)."""
+        await self._read(lambda conn: conn.execute(SET_RETENTION, namespace, float(seconds)))
+
+    async def finished_retention(self, namespace: str) -> float:
+        """How long the namespace keeps finished runs, in seconds (0: forever)."""
+        value = await self._read(lambda conn: conn.fetchval(RETENTION_OF, namespace))
+        return self.finished_retention_default if value is None else float(value)

@@ -1,0 +1,77 @@
+"""Retention of finished runs on SQLite, the same rules as ``postgres_retention``."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from kenning.stores.sqlite_writer import GroupCommitWriter
+
+FINISHED = "status IN ('completed', 'failed', 'cancelled')"
+
+
+def purge_batch(conn: sqlite3.Connection, now: float, default_retention: float,
+                before: float | None, namespace: str | None, limit: int) -> int:
+    """Delete up to ``limit`` finished runs (see ``Store.purge_finished``); how many."""
+    if namespace is not None:
+        spaces = [namespace]
+    else:
+        spaces = [row[0] for row in conn.execute(
+            f"SELECT DISTINCT namespace FROM runs WHERE {FINISHED} ORDER BY namespace")]
+    settings = dict(conn.execute("SELECT namespace, finished_retention FROM namespace_settings"))
+    purged = 0
+    for space in spaces:
+        if before is not None:
+            cutoff = before
+        else:
+            keep = float(settings.get(space, default_retention))
+            if keep <= 0:
+                continue  # 0 keeps finished runs forever
+            cutoff = now - keep
+        ids = [row[0] for row in conn.execute(
+            f"SELECT run_id FROM runs WHERE namespace = ? AND {FINISHED} AND finished_at < ?"
+            " ORDER BY finished_at LIMIT ?", (space, cutoff, limit - purged))]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM history WHERE run_id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM consumptions WHERE run_id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks}) AND {FINISHED}", chunk)
+        purged += len(ids)
+        if purged >= limit:
+            break
+    return purged
+
+
+def retention_of(conn: sqlite3.Connection, namespace: str, default_retention: float) -> float:
+    """The namespace's retention of finished runs in seconds (0: forever)."""
+    row = conn.execute("SELECT finished_retention FROM namespace_settings WHERE namespace = ?",
+                       (namespace,)).fetchone()
+    return default_retention if row is None else float(row[0])
+
+
+class SqliteRetention:
+    """The retention methods of ``SqliteStore``."""
+
+    clock: Callable[[], float]
+    finished_retention_default: float
+    _writer: GroupCommitWriter
+
+    async def purge_finished(self, *, before: float | None = None,
+                             namespace: str | None = None, limit: int = 500) -> int:
+        """Delete a batch of finished runs with their history, oldest first."""
+        return int(await self._writer.run(lambda conn, notes: purge_batch(
+            conn, self.clock(), self.finished_retention_default, before, namespace, limit)))
+
+    async def set_finished_retention(self, namespace: str, seconds: float) -> None:
+        """Keep the namespace's finished runs ``seconds`` after they finish (0: forever)."""
+        await self._writer.run(lambda conn, notes: conn.execute(
+            "INSERT INTO namespace_settings (namespace, finished_retention) VALUES (?, ?)"
+            " ON CONFLICT (namespace) DO UPDATE"
+            " SET finished_retention = excluded.finished_retention",
+            (namespace, float(seconds))))
+
+    async def finished_retention(self, namespace: str) -> float:
+        """How long the namespace keeps finished runs, in seconds (0: forever)."""
+        return float(await self._writer.run(
+            lambda conn, notes: retention_of(conn, namespace, self.finished_retention_default)))

@@ -15,8 +15,9 @@ At each step the driver tops the waiting set up, then:
 - runs the load process for ``--load-seconds``: 32 keep-alive clients posting events of a
   matched type whose ``data.order_id`` matches no run (so every event does its index
   lookups and wakes nothing); reports accepted events per second;
-- reads store bytes (``pg_total_relation_size`` of every Kenning table with its indexes)
-  per waiting run, and this process's RSS (worker, sink and driver; the operator is not
+- reads store bytes (``pg_total_relation_size`` of every Kenning table with its indexes but
+  ``events`` and ``outbox``, which hold what the sink took in) per waiting run, each
+  table's size, and this process's RSS (worker, sink and driver; the operator is not
   part of this workload).
 """
 
@@ -85,10 +86,12 @@ async def count_waiting(pg: Any) -> int:
     return int(await pg.fetchval("SELECT count(*) FROM runs WHERE status = 'waiting_for_event'"))
 
 
-async def store_bytes(pg: Any) -> int:
+async def store_bytes(pg: Any) -> dict[str, int]:
+    """``pg_total_relation_size`` (table, indexes, TOAST) of each Kenning table."""
     present = [t for t in TABLES if await pg.fetchval("SELECT to_regclass($1)", t)]
-    return int(await pg.fetchval(
-        "SELECT sum(pg_total_relation_size(t::regclass)) FROM unnest($1::text[]) AS t", present))
+    rows = await pg.fetch("SELECT t, pg_total_relation_size(t::regclass) AS n"
+                          " FROM unnest($1::text[]) AS t", present)
+    return {row["t"]: int(row["n"]) for row in rows}
 
 
 async def start_runs(app: App, first: int, count: int) -> list[str]:
@@ -158,7 +161,10 @@ async def run_step(app: App, pg: Any, url: str, target: int, started: int, used:
     started, fill_s = await fill(app, pg, target, started)
     await pg.execute("ANALYZE")
     waiting = await count_waiting(pg)
-    nbytes = await store_bytes(pg)
+    sizes = await store_bytes(pg)
+    # the events table holds what the sink took in (kept 24 h whether or not runs wait,
+    # and the previous steps' ingest load): reported apart from the bytes of waiting runs
+    run_bytes = sum(n for t, n in sizes.items() if t not in ("events", "outbox"))
     addressed, ok_a = await resume_samples(app, url, pick(started, "id", a.samples, used))
     matched, ok_m = await resume_samples(app, url, pick(started, "match", a.samples, used))
     load = await ingest(url, a.load_seconds)
@@ -166,7 +172,8 @@ async def run_step(app: App, pg: Any, url: str, target: int, started: int, used:
             "addressed": kb.pcts(addressed), "matched": kb.pcts(matched),
             "ingest_per_s": load["accepted_per_s"], "ingest_p99_ms": load["p99_ms"],
             "ingest_errors": load["errors"],
-            "store_bytes_per_waiting_run": round(nbytes / max(waiting, 1)),
+            "store_bytes_per_waiting_run": round(run_bytes / max(waiting, 1)),
+            "table_mib": {t: round(n / 2**20, 2) for t, n in sizes.items()},
             "rss_mib": round(common.rss_mib(), 1), "ok": ok_a and ok_m and not load["errors"]}
     return started, line
 

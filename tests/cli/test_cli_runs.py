@@ -210,10 +210,14 @@ def test_runs_history(cli: Invoke, seeded: Seeded) -> None:
     header, row = table.stdout.splitlines()
     assert header.split() == ["SEQ", "KIND", "NAME", "VALUE", "TIME"]
     assert row.split()[:4] == ["0", "activity", "cli_seed_double", "42"]
-    steps = json.loads(cli("runs", "history", seeded.ok, "-o", "json", "--database",
-                           seeded.database).stdout)
-    assert [(s["seq"], s["kind"], s["name"], s["value"]) for s in steps] == \
+    doc = json.loads(cli("runs", "history", seeded.ok, "--json", "--database",
+                         seeded.database).stdout)
+    assert (doc["format"], doc["version"], doc["run_id"]) == ("kenning.history", 1, seeded.ok)
+    assert doc["workflow"] == "cli_seed_ok" and doc["status"] == "completed"
+    assert [(s["seq"], s["kind"], s["name"], s["value"]) for s in doc["steps"]] == \
         [(0, "activity", "cli_seed_double", 42)]
+    assert json.loads(cli("runs", "history", seeded.ok, "-o", "json", "--database",
+                          seeded.database).stdout) == doc
 
 
 def test_runs_history_of_a_run_without_steps(cli: Invoke, seeded: Seeded) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random as _random
 import uuid as _uuid
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,10 @@ if TYPE_CHECKING:
     from kenning.core.execution import RunExecution
 
 _UUID_NAMESPACE = _uuid.UUID("6f1c1d0e-6b2f-4c53-9a43-6b656e6e696e")
+
+# the name of the activity whose code runs in this task (and the tasks it creates): a step
+# called while it is set comes from inside an activity, whatever ctx it was given
+current_activity: ContextVar[str | None] = ContextVar("kenning_current_activity", default=None)
 
 
 class WorkflowContext:

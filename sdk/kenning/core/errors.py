@@ -50,6 +50,15 @@ class NonDeterminismError(KenningError):
     """The workflow's code asked for a different step than its history recorded."""
 
 
+class StepInActivityError(KenningError):
+    """A durable step (activity, ``wait_event``, ``sleep``, ``send_event``) was called from
+    inside an activity; only workflow code may call steps. The run fails with it."""
+
+
+class WorkflowBlocked(KenningError):
+    """Workflow or activity code blocked the worker's event loop beyond the threshold."""
+
+
 class TerminalError(KenningError):
     """Raised by an activity to fail at once, without further retries."""
 

@@ -17,9 +17,14 @@ from typing import Any, TypeVar
 
 from kenning.core import codec
 from kenning.core.committer import Abandoned, LeaseCommitter
-from kenning.core.context import WorkflowContext
+from kenning.core.context import WorkflowContext, current_activity
 from kenning.core.definitions import ActivityDefinition, WorkflowDefinition, decode_input
-from kenning.core.errors import ActivityError, NonDeterminismError, TerminalError
+from kenning.core.errors import (
+    ActivityError,
+    NonDeterminismError,
+    StepInActivityError,
+    TerminalError,
+)
 from kenning.core.models import (
     ClaimedRun,
     CloudEventRecord,
@@ -74,23 +79,33 @@ class RunExecution:
         self.suspended_until: float | None = None
         self._next_seq = 0
         self._pending: list[Step] = []
+        # misuse found while the code ran: the run fails with it at its next step or its end
+        self.fatal: Exception | None = None
+        # set once the engine unwinds the code (Suspended, Abandoned); code that swallows the
+        # unwind meets it again at its next step and nothing more is recorded
+        self._unwinding: type[Suspended | Abandoned] | None = None
+        self._unwound_at = 0
+        self._swallow_reported = False
 
     # -- the run ------------------------------------------------------------------------
     async def execute(self) -> Outcome:
         """Run the workflow function to its end or its next wait."""
         ctx = WorkflowContext(self)
         try:
-            args, kwargs = decode_input(self.run.input)
-            args, kwargs = self.definition.signature.rebuild_arguments(args, kwargs)
-            value = await self.definition.fn(ctx, *args, **kwargs)
-            self._check_history_consumed()
+            value = await self.run_code(ctx)
             result = codec.dumps(codec.to_jsonable(value))
         except Suspended:
             return Outcome.SUSPENDED
         except Abandoned:
             return Outcome.ABANDONED
         except Exception as exc:
-            return await self._fail(exc)
+            if self._unwinding is not None:
+                return self._swallowed()
+            return await self._fail(self.fatal or exc)
+        if self._unwinding is not None:
+            return self._swallowed()
+        if self.fatal is not None:
+            return await self._fail(self.fatal)
         steps = self._take_pending()
         await self._write(
             lambda: self.store.finish_run(self.lease, RunStatus.COMPLETED, result=result,
@@ -98,6 +113,35 @@ class RunExecution:
             settled=_FINISHED,
         )
         return Outcome.COMPLETED
+
+    async def run_code(self, ctx: WorkflowContext) -> Any:
+        """Call the workflow function with the run's input; check it used all its history."""
+        args, kwargs = decode_input(self.run.input)
+        args, kwargs = self.definition.signature.rebuild_arguments(args, kwargs)
+        value = await self.definition.fn(ctx, *args, **kwargs)
+        self._check_history_consumed()
+        return value
+
+    def fail_with(self, error: Exception) -> None:
+        """Fail the run with ``error`` at its next step or its end (misuse was detected)."""
+        if self.fatal is None:
+            self.fatal = error
+
+    def _unwind(self, kind: type[Suspended | Abandoned]) -> None:
+        if self._unwinding is None:
+            self._unwinding, self._unwound_at = kind, self._next_seq - 1
+
+    def _swallowed(self) -> Outcome:
+        assert self._unwinding is not None
+        if not self._swallow_reported:
+            self._swallow_reported = True
+            state = "suspended" if self._unwinding is Suspended else "with its new owner"
+            log.error(
+                "run %s step %d: the workflow's code caught the engine's %s (a BaseException) "
+                "and went on; the run stays %s and nothing after that step was recorded — "
+                "catch Exception, not BaseException, around steps", self.run.run_id,
+                self._unwound_at, self._unwinding.__name__, state)
+        return Outcome.SUSPENDED if self._unwinding is Suspended else Outcome.ABANDONED
 
     async def _fail(self, exc: Exception) -> Outcome:
         error = f"{type(exc).__name__}: {exc}"
@@ -120,14 +164,29 @@ class RunExecution:
         extra = sorted(seq for seq in self.history if seq >= self._next_seq)
         if extra:
             step = self.history[extra[0]]
-            raise NonDeterminismError(
+            self.fail_with(NonDeterminismError(
                 f"run {self.run.run_id} step {step.seq}: history has {step.kind.value} "
                 f"'{step.name}', code returned without it — the workflow's code changed under "
                 f"a running run"
-            )
+            ))
+            assert self.fatal is not None
+            raise self.fatal
 
-    def take_seq(self) -> int:
-        """The next history position."""
+    def take_seq(self, step: str = "a step") -> int:
+        """The next history position for ``step`` (what the code calls, for errors)."""
+        if self._unwinding is not None:
+            self._swallowed()
+            raise self._unwinding  # the code swallowed the unwind: it goes on unwinding
+        if self.fatal is not None:
+            raise self.fatal
+        outer = current_activity.get()
+        if outer is not None:
+            self.fail_with(StepInActivityError(
+                f"run {self.run.run_id}: activity '{outer}' called {step}; only workflow code "
+                f"may call steps — call the inner code as a plain function (an activity's "
+                f"own function is its `__wrapped__`), or call it from the workflow"))
+            assert self.fatal is not None
+            raise self.fatal
         seq = self._next_seq
         self._next_seq += 1
         return seq
@@ -138,11 +197,14 @@ class RunExecution:
         if step is None:
             return None
         if step.kind not in kinds or step.name != name:
-            raise NonDeterminismError(
+            # fatal even if the code catches it: the run cannot go on from a wrong history
+            self.fail_with(NonDeterminismError(
                 f"run {self.run.run_id} step {seq}: history has {step.kind.value} "
                 f"'{step.name}', code called {kinds[0].value} '{name}' — the workflow's code "
                 f"changed under a running run"
-            )
+            ))
+            assert self.fatal is not None
+            raise self.fatal
         self.workflow_time = max(self.workflow_time, step.recorded_at)
         return step
 
@@ -175,6 +237,7 @@ class RunExecution:
         await self._write(lambda: self.store.suspend(self.lease, wait, steps),
                           settled=("waiting_for_timer",))
         self.suspended_until = wait.wake_at
+        self._unwind(Suspended)
         raise Suspended
 
     async def begin_event_wait(self, wait: Wait) -> Step:
@@ -185,6 +248,7 @@ class RunExecution:
             seq=wait.seq, on_recorded=EventWaitResult, settled=("waiting_for_event",))
         if result is None or result.consumed is None:
             self.suspended_until = wait.wake_at
+            self._unwind(Suspended)
             raise Suspended
         step = result.consumed
         self.history[step.seq] = step
@@ -195,15 +259,19 @@ class RunExecution:
                      on_recorded: Callable[[Step], T] | None = None,
                      settled: Collection[str] = ()) -> T:
         """Commit under the lease, riding out outages while it holds (``LeaseCommitter``)."""
-        return await self.committer.write(make, seq=seq, on_recorded=on_recorded,
-                                          settled=settled)
+        try:
+            return await self.committer.write(make, seq=seq, on_recorded=on_recorded,
+                                              settled=settled)
+        except Abandoned:
+            self._unwind(Abandoned)
+            raise
 
     # -- activities ---------------------------------------------------------------------
     async def call_activity(
         self, defn: ActivityDefinition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """Return the recorded result of this call, or run the activity and record it."""
-        seq = self.take_seq()
+        seq = self.take_seq(f"activity '{defn.name}'")
         step = self.recorded(seq, (StepKind.ACTIVITY,), defn.name)
         if step is not None:
             return self._activity_outcome(defn, step)
@@ -212,12 +280,19 @@ class RunExecution:
             await self.suspend(retry_wait)
         attempt = retry_wait.attempt + 1 if retry_wait else 1
         actx = WorkflowContext(self, activity_seq=seq, attempt=attempt)
+        inside = current_activity.set(defn.name)
         try:
             coro = defn.fn(actx, *args, **kwargs)
             value = await (asyncio.wait_for(coro, defn.timeout) if defn.timeout else coro)
         except Exception as exc:
+            if self.fatal is not None:  # misuse inside the activity: no retry, the run fails
+                raise self.fatal from None
             await self._activity_failed(defn, seq, attempt, exc)
             raise AssertionError("unreachable") from None
+        finally:
+            current_activity.reset(inside)
+        if self.fatal is not None:
+            raise self.fatal
         step = Step(seq, StepKind.ACTIVITY, defn.name, codec.dumps(codec.to_jsonable(value)),
                     self.clock())
         await self.commit(step)

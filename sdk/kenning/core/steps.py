@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kenning.core import codec
-from kenning.core.context import WorkflowContext
+from kenning.core.context import WorkflowContext, current_activity
 from kenning.core.definitions import seconds_of
-from kenning.core.errors import ConfigurationError, EventTimeout, KenningError
+from kenning.core.errors import ConfigurationError, EventTimeout, StepInActivityError
 from kenning.core.events import ReceivedEvent, record_from_json, record_to_json
 from kenning.core.execution import RunExecution
 from kenning.core.matching import validate_match
@@ -29,9 +29,15 @@ SLEEP_STEP = "sleep"
 def _execution(ctx: WorkflowContext, what: str) -> RunExecution:
     if not isinstance(ctx, WorkflowContext):
         raise ConfigurationError(f"{what} needs the workflow's ctx as its first argument")
+    ex = ctx._execution
     if ctx.in_activity:
-        raise KenningError(f"{what} may only be awaited in a workflow, not in an activity")
-    return ctx._execution
+        outer = current_activity.get()
+        ex.fail_with(StepInActivityError(
+            f"run {ctx.run_id}: {f'activity {outer!r}' if outer else 'an activity'} called "
+            f"{what}; only workflow code may call steps"))
+        assert ex.fatal is not None
+        raise ex.fatal
+    return ex
 
 
 async def wait_event(
@@ -52,7 +58,7 @@ async def wait_event(
     ex = _execution(ctx, "wait_event")
     if not isinstance(type, str) or not type:
         raise ConfigurationError("wait_event needs a non-empty event type")
-    seq = ex.take_seq()
+    seq = ex.take_seq(f"wait_event('{type}')")
     step = ex.recorded(seq, (StepKind.EVENT, StepKind.TIMEOUT), type)
     if step is None:
         step = await _wait_live(ex, seq, type, timeout, match, lookback)
@@ -100,7 +106,7 @@ async def sleep(ctx: WorkflowContext, duration: timedelta | float) -> None:
     """
     ex = _execution(ctx, "sleep")
     seconds = seconds_of(duration, "sleep duration")
-    await _sleep_to(ex, lambda now: now + seconds)
+    await _sleep_to(ex, lambda now: now + seconds, "sleep")
 
 
 async def sleep_until(ctx: WorkflowContext, when: datetime) -> None:
@@ -109,11 +115,11 @@ async def sleep_until(ctx: WorkflowContext, when: datetime) -> None:
     if not isinstance(when, datetime):
         raise ConfigurationError("sleep_until needs a datetime")
     target = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-    await _sleep_to(ex, lambda _now: target)
+    await _sleep_to(ex, lambda _now: target, "sleep_until")
 
 
-async def _sleep_to(ex: RunExecution, due: Any) -> None:
-    seq = ex.take_seq()
+async def _sleep_to(ex: RunExecution, due: Any, what: str) -> None:
+    seq = ex.take_seq(what)
     if ex.recorded(seq, (StepKind.TIMER,), SLEEP_STEP) is not None:
         return
     now = ex.clock()
@@ -146,7 +152,7 @@ async def send_event(
     stable across replays.
     """
     ex = _execution(ctx, "send_event")
-    seq = ex.take_seq()
+    seq = ex.take_seq(f"send_event('{type}')")
     step = ex.recorded(seq, (StepKind.SEND,), type)
     if step is not None:
         assert step.value is not None

@@ -10,7 +10,8 @@ from typing import Any, TextIO
 import click
 
 from kenning.core.definitions import encode_input, input_from_json
-from kenning.core.errors import ConfigurationError
+from kenning.core.errors import ConfigurationError, RunNotFound
+from kenning.core.history_doc import RecordedHistory
 from kenning.core.models import NewRun, RunStatus, Step
 from kenning.runtime.cli_common import (
     EXIT_FAILED,
@@ -197,16 +198,24 @@ def show_run(run_id: str, output: str, database: str) -> None:
 @runs.command("history")
 @click.argument("run_id")
 @output_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the history document that kenning.testing.replay takes (same as "
+                   "-o json): workflow, input, steps and waits.")
 @database_option
-def run_history(run_id: str, output: str, database: str) -> None:
+def run_history(run_id: str, output: str, as_json: bool, database: str) -> None:
     """Show the steps a run recorded: activities, events, timers, timeouts."""
-    async def go() -> list[Step]:
+    async def go() -> RecordedHistory:
         async with open_client(database, "default") as client:
-            return await client.history(run_id)
+            steps = await client.history(run_id)
+            run = await client.store.get_run(run_id)
+            if run is None:
+                raise RunNotFound(f"no run with id '{run_id}'")
+            return RecordedHistory.of(run, steps)
 
-    steps = run_async(go())
-    if output == "json":
-        click.echo(to_json([step_json(s) for s in steps]))
+    recorded = run_async(go())
+    steps = recorded.steps
+    if output == "json" or as_json:
+        click.echo(to_json(recorded.to_json()))
         return
     if not steps:
         click.echo(f"run '{run_id}' has recorded no steps yet", err=True)

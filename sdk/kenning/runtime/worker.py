@@ -18,6 +18,7 @@ from kenning.core.execution import Outcome, RunExecution
 from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind
 from kenning.core.store import Store
 from kenning.runtime.retention import purge_finished_runs
+from kenning.runtime.watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ class WorkerOptions:
     lease_seconds: float = 30.0
     poll_interval: float = 1.0
     purge_interval: float = 60.0
+    # workflow or activity code that keeps the event loop from turning this long is
+    # reported with its stack (None: no watchdog); fail_deadlocked_runs also fails the run
+    deadlock_threshold: float | None = 2.0
+    fail_deadlocked_runs: bool = False
 
 
 class Worker:
@@ -57,17 +62,27 @@ class Worker:
         self._alarm_known = False
         self._stopping = False
         self._renewed_until: float | None = None  # store time the last renewal granted
+        threshold = self.options.deadlock_threshold
+        self.watchdog = None if threshold is None else LoopWatchdog(
+            threshold, fail_runs=self.options.fail_deadlocked_runs)
 
     @property
     def active_runs(self) -> int:
         """How many runs this worker holds right now."""
         return len(self._active)
 
+    def wake(self) -> None:
+        """Look for runnable runs and due timers now (a test's clock moved, say)."""
+        self._alarm, self._alarm_known = None, False
+        self._wakeup.set()
+
     async def run(self) -> None:
         """Work until cancelled; on the way out, hand held runs back."""
         unsubscribe = self.store.subscribe(self._on_notification)
         helpers = [asyncio.create_task(self._renew_loop(), name="kenning-renew"),
                    asyncio.create_task(self._purge_loop(), name="kenning-purge")]
+        if self.watchdog is not None:
+            helpers.append(asyncio.create_task(self.watchdog.run(), name="kenning-watchdog"))
         try:
             await self._claim(reclaim_own=True)
             while True:

@@ -116,7 +116,10 @@ class Worker:
         woken = self._wakeup.is_set()
         if timeout > 0 and not woken:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                # not wait_for: on Python 3.11 it swallows a cancel that arrives as the event
+                # is set, and the worker would then never stop
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
                 woken = True
         self._wakeup.clear()
         alarm_rang = self._alarm is not None and self._alarm <= self.store.clock()

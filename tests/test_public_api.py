@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import kenning
+import kenning.testing
 
 EXPECTED = [
     "ActivityDefinition", "ActivityError", "App", "Client", "ConfigurationError",
     "EventDataError", "EventTimeout", "InvalidEvent", "InvalidInput", "KenningError",
     "LeaseLost", "NonDeterminismError", "ReceivedEvent", "RetryPolicy", "RunCancelled",
-    "RunFailed", "RunInfo", "RunNotFound", "RunStatus", "SchemaTooNew", "StoreOverloaded",
-    "StoreUnavailable",
-    "TerminalError", "WaitingFor", "WorkflowContext", "WorkflowDefinition", "WorkflowNotFound",
+    "RunFailed", "RunInfo", "RunNotFound", "RunStatus", "SchemaTooNew", "StepInActivityError",
+    "StoreOverloaded", "StoreUnavailable", "TerminalError", "WaitingFor", "WorkflowBlocked",
+    "WorkflowContext", "WorkflowDefinition", "WorkflowNotFound",
     "__version__", "activity", "decode_event_data", "send_event", "sleep", "sleep_until",
     "wait_event", "workflow",
 ]
@@ -29,3 +30,13 @@ def test_errors_share_one_root() -> None:
     assert errors and all(issubclass(e, kenning.KenningError) for e in errors)
     assert issubclass(kenning.EventTimeout, TimeoutError)
     assert issubclass(kenning.EventDataError, ValueError)
+
+
+TESTING_EXPECTED = ["ReplayResult", "SkippingClock", "TestEnv", "load_history", "replay",
+                    "replay_async"]
+
+
+def test_the_testing_module_exports_the_listed_names() -> None:
+    assert sorted(kenning.testing.__all__) == sorted(TESTING_EXPECTED)
+    for name in kenning.testing.__all__:
+        assert getattr(kenning.testing, name).__doc__, name

@@ -88,6 +88,7 @@ async def retrying(ctx: WorkflowContext, key: str) -> str:
 
 
 async def test_retries_with_backoff_are_durable_waits(make_app: AppFactory) -> None:
+    attempts.clear()
     async with make_app([retrying]) as app:
         run_id = await retrying.start(app, "a", run_id="retry-run")
         seen_waiting = False
@@ -122,6 +123,7 @@ async def terminal(ctx: WorkflowContext) -> str:
 async def test_terminal_error_stops_retries_and_reaches_the_workflow(
     make_app: AppFactory,
 ) -> None:
+    attempts.clear()
     async with make_app([terminal]) as app:
         run_id = await terminal.start(app)
         result = await app.result(run_id, timeout=5)

@@ -120,6 +120,7 @@ async def deterministic(ctx: WorkflowContext) -> dict[str, Any]:
 
 
 async def test_ctx_helpers_are_stable_across_replay(make_app: AppFactory) -> None:
+    calls.clear()
     async with make_app([deterministic]) as app:
         run_id = await deterministic.start(app)
         await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)

@@ -11,7 +11,6 @@ and (``fail_runs``) makes the run fail at its next step with ``WorkflowBlocked``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import threading
@@ -72,9 +71,7 @@ class LoopWatchdog:
                 self._beat = time.monotonic()
                 await asyncio.sleep(interval)
         finally:
-            self._stop.set()
-            with contextlib.suppress(RuntimeError):
-                await asyncio.to_thread(thread.join, 5)
+            self._stop.set()  # the thread sees it within a tick and ends
 
     def _watch(self, loop_thread: int) -> None:
         reported_beat = None

@@ -26,6 +26,7 @@ from kenning import (
 from kenning.core.history_doc import RecordedHistory
 from kenning.runtime.cli import main
 from kenning.testing import TestEnv, replay
+from tests.pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures)
 
 CALLS: list[str] = []
 
@@ -183,36 +184,49 @@ async def test_a_failed_history_replays_to_its_error() -> None:
     assert isinstance(replayed.error, ActivityError) and "card declined" in str(replayed.error)
 
 
-def test_cli_export_is_what_replay_takes(tmp_path: Path) -> None:
-    database = str(tmp_path / "k.db")
+async def record_on(database: str) -> tuple[str, str]:
+    """A completed and a waiting run of ``shop`` on ``database``: their ids."""
+    async with App(database, "w", workflows=[shop]) as app:
+        done = await app.start(shop, "pen", 3)
+        waiting = await app.start(shop, "ink", 4)
+        for run_id in (done, waiting):
+            async with asyncio.timeout(10):
+                while (await app.get_run(run_id)).status is not RunStatus.WAITING_FOR_EVENT:
+                    await asyncio.sleep(0.01)
+        await app.publish("shipped", {"item": "pen", "tracking": "T-9"})
+        await app.result(done, timeout=10)
+        return done, waiting
 
-    # a real run on the command line's database: record it with an App there
-    async def record_there() -> str:
-        async with App(database, "w", workflows=[shop]) as app:
-            run_id = await app.start(shop, "pen", 3)
-            for _ in range(500):
-                if (await app.get_run(run_id)).status is RunStatus.WAITING_FOR_EVENT:
-                    break
-                await asyncio.sleep(0.01)
-            await app.publish("shipped", {"item": "pen", "tracking": "T-9"})
-            await app.result(run_id, timeout=10)
-            return run_id
 
-    run_id = asyncio.run(record_there())
+def export(run_id: str, database: str) -> str:
     out = CliRunner().invoke(main, ["runs", "history", run_id, "--json", "--database", database],
                              catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    doc = json.loads(out.stdout)
+    return str(out.stdout)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_cli_export_is_what_replay_takes(tmp_path: Path, backend: str,
+                                         request: pytest.FixtureRequest) -> None:
+    database = (str(request.getfixturevalue("pg_dsn")) if backend == "postgres"
+                else str(tmp_path / "k.db"))
+    done, waiting = asyncio.run(record_on(database))
+    text = export(done, database)
+    doc = json.loads(text)
     assert doc["format"] == "kenning.history" and doc["version"] == 1
     assert doc["workflow"] == "shop" and doc["input"] == {"args": ["pen", 3], "kwargs": {}}
     assert [s["name"] for s in doc["steps"]] == ["reserve", "charge", "shipped"]
     path = tmp_path / "history.json"
-    path.write_text(out.stdout)
+    path.write_text(text)
     # no event loop here: replay runs its own; from a file path, a Path and the JSON text
-    for source in (str(path), path, out.stdout):
+    for source in (str(path), path, text):
         assert replay(shop, source).result["tracking"] == "T-9"
     with pytest.raises(NonDeterminismError, match="step 0"):
         replay(shop_reordered, path)
+    waits = export(waiting, database)
+    assert replay(shop, waits).stopped_at == 2
+    with pytest.raises(NonDeterminismError, match="code called event 'delivered'"):
+        replay(shop_other_event, waits)
 
 
 def test_documents_that_are_not_histories_are_refused(tmp_path: Path) -> None:

@@ -300,13 +300,6 @@ def _decode(text: str | None) -> Any:
         return text
 
 
-def step_json(step: Step) -> dict[str, Any]:
-    """A history step as a JSON object (value and error decoded)."""
-    return {"seq": step.seq, "kind": step.kind.value, "name": step.name,
-            "value": _decode(step.value), "error": _decode(step.error),
-            "recorded_at": iso(step.recorded_at)}
-
-
 def _step_summary(step: Step) -> str:
     if step.error is not None:
         error = _decode(step.error)

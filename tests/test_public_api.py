@@ -8,7 +8,8 @@ import kenning.testing
 EXPECTED = [
     "ActivityDefinition", "ActivityError", "App", "Client", "ConfigurationError",
     "EventDataError", "EventTimeout", "InvalidEvent", "InvalidInput", "KenningError",
-    "LeaseLost", "NonDeterminismError", "ReceivedEvent", "RetryPolicy", "RunCancelled",
+    "LeaseLost", "LoopFailed", "NonDeterminismError", "ReceivedEvent", "RetryPolicy",
+    "RunCancelled",
     "RunFailed", "RunInfo", "RunNotFound", "RunStatus", "SchemaTooNew", "StepInActivityError",
     "StoreOverloaded", "StoreUnavailable", "TerminalError", "WaitingFor", "WorkflowBlocked",
     "WorkflowContext", "WorkflowDefinition", "WorkflowNotFound",

@@ -127,3 +127,8 @@ class LeaseLost(KenningError):
         self.epoch = epoch
         self.owner = owner
         self.status = status
+
+
+class LoopFailed(KenningError):
+    """A long-lived loop of a worker or app died of an unexpected error (a bug); the process
+    must be restarted. The original error is its ``__cause__``."""

@@ -185,6 +185,8 @@ class OutboxEntry:
     event: CloudEventRecord
     attempts: int
     next_attempt_at: float
+    last_error: str | None = None
+    dead_at: float | None = None
 
 
 class NotificationKind(enum.StrEnum):

@@ -173,3 +173,16 @@ class Store(Protocol):
 
     async def outbox_retry(self, pk: int, next_attempt_at: float, error: str) -> None:
         """Count a failed publish and schedule the next."""
+
+    async def outbox_dead(self, pk: int, error: str) -> None:
+        """Mark an entry dead: its target refused it for good; it is kept, not retried."""
+
+    async def list_outbox(self, *, dead: bool = False, limit: int = 100) -> list[OutboxEntry]:
+        """Outbox entries, oldest first: the live ones, or (``dead``) the dead ones."""
+
+    async def revive_outbox(self, pks: Sequence[int] | None = None) -> int:
+        """Make dead entries (these ``pks``, or all when ``None``) due again with a fresh
+        attempt count; returns how many were revived."""
+
+    async def count_outbox(self, *, dead: bool = False) -> int:
+        """How many live (or, with ``dead``, dead) entries the outbox holds."""

@@ -9,14 +9,18 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kenning.core.definitions import Registry, WorkflowDefinition
-from kenning.core.errors import ConfigurationError
+from kenning.core.errors import ConfigurationError, LoopFailed
 from kenning.runtime.client import Client
 from kenning.runtime.outbox import HttpPublisher, OutboxDispatcher, Publisher, local_publisher
 from kenning.runtime.worker import Worker, WorkerOptions
+from kenning.runtime.worker_metrics import WorkerMetrics
 from kenning.stores import open_store
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,12 @@ class App(Client):
         event_target: where ``send_event`` publishes: a URL, default ``$K_SINK``, else this
             app's own router.
         sink_token: when set, the sink requires ``Authorization: Bearer <token>``.
+        probe_port: when set, serve the worker's ``/healthz``, ``/readyz`` and ``/metrics``
+            on this port (0 picks a free one; see ``probe_address``).
+        probe_host: the interface of the probe server.
+
+    A store outage is ridden out by every loop; a loop that dies of anything else is kept
+    in ``failure``, ``serve()`` and ``watch()`` raise it as ``LoopFailed``.
     """
 
     def __init__(
@@ -51,6 +61,8 @@ class App(Client):
         worker_options: WorkerOptions | None = None,
         event_retention: float = 86_400.0,
         clock: Callable[[], float] | None = None,
+        probe_port: int | None = None,
+        probe_host: str = "0.0.0.0",
     ) -> None:
         super().__init__(open_store(database, clock=clock, event_retention=event_retention),
                          namespace=namespace)
@@ -65,6 +77,12 @@ class App(Client):
         self._http_publisher: HttpPublisher | None = None
         self.registry: Registry | None = None
         self.worker: Worker | None = None
+        self.metrics = WorkerMetrics()
+        self._probe_port = probe_port
+        self._probe_host = probe_host
+        self._probe: web.AppRunner | None = None
+        self._failure: LoopFailed | None = None
+        self._failed = asyncio.Event()
 
     async def __aenter__(self) -> App:
         await self.open()
@@ -81,25 +99,72 @@ class App(Client):
         else:
             self.registry = Registry.from_catalogue()
         await self.store.open()
-        if not self._run_worker:
-            return
-        self.worker = Worker(self.store, self.registry, self.worker_id, self._worker_options)
+        if self._run_worker:
+            self._start_worker(self.registry)
+        if self._probe_port is not None:
+            from kenning.runtime.probe import serve_probes
+
+            try:
+                self._probe = await serve_probes(self, self._probe_host, self._probe_port)
+            except BaseException:
+                await self.close()
+                raise
+
+    def _start_worker(self, registry: Registry) -> None:
+        self.worker = Worker(self.store, registry, self.worker_id, self._worker_options,
+                             metrics=self.metrics)
         publisher: Publisher
         if self._event_target:
             self._http_publisher = HttpPublisher(self._event_target)
             publisher = self._http_publisher
         else:
             publisher = local_publisher(self.store)
-        dispatcher = OutboxDispatcher(self.store, publisher)
+        dispatcher = OutboxDispatcher(self.store, publisher, metrics=self.metrics)
         self._tasks = [asyncio.create_task(self.worker.run(), name="kenning-worker"),
                        asyncio.create_task(dispatcher.run(), name="kenning-outbox")]
+        for task in self._tasks:
+            task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._failure is not None:
+            return
+        exc = task.exception()
+        if exc is None:
+            exc = RuntimeError("it returned")
+        failure = exc if isinstance(exc, LoopFailed) else LoopFailed(
+            f"app {self.worker_id}: its {task.get_name()} loop died of "
+            f"{type(exc).__name__}: {exc}; the process must be restarted")
+        if failure is not exc:
+            failure.__cause__ = exc
+        log.critical("%s", failure, exc_info=exc)
+        self._failure = failure
+        self._failed.set()
+
+    @property
+    def failure(self) -> LoopFailed | None:
+        """The error a background loop died of, or ``None`` while all are running."""
+        return self._failure
+
+    @property
+    def alive(self) -> bool:
+        """True while every background loop (worker, outbox) is running."""
+        return self._failure is None and all(not task.done() for task in self._tasks)
+
+    async def watch(self) -> None:
+        """Wait while the background loops run; raise ``LoopFailed`` when one dies."""
+        await self._failed.wait()
+        assert self._failure is not None
+        raise self._failure
 
     async def close(self) -> None:
         """Stop the worker (handing held runs back) and close the store."""
+        if self._probe is not None:
+            await self._probe.cleanup()
+            self._probe = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
         if self._http_publisher is not None:
@@ -121,8 +186,19 @@ class App(Client):
             self.registry.add(workflow)
         return await super().start(workflow, *args, run_id=run_id, namespace=namespace, **kwargs)
 
+    @property
+    def probe_address(self) -> tuple[str, int] | None:
+        """(host, port) the probe server listens on, when ``probe_port`` was given."""
+        if self._probe is None:
+            return None
+        for address in self._probe.addresses:
+            if isinstance(address, tuple) and len(address) >= 2:
+                return str(address[0]), int(address[1])
+        return None
+
     async def serve(self, host: str = "127.0.0.1", port: int | None = None) -> None:
-        """Serve the CloudEvents sink (and keep the worker running) until cancelled."""
+        """Serve the CloudEvents sink (and keep the worker running) until cancelled; raises
+        ``LoopFailed`` if a background loop dies."""
         from kenning.runtime.sink import create_sink_app, serve_sink
 
         if self.registry is None:
@@ -133,6 +209,6 @@ class App(Client):
         runner = await serve_sink(web_app, host, port)
         log.info("kenning sink on http://%s:%d, worker %s", host, port, self.worker_id)
         try:
-            await asyncio.Event().wait()
+            await self.watch()
         finally:
             await runner.cleanup()

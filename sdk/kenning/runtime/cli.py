@@ -24,6 +24,7 @@ from kenning.runtime.cli_common import (
 )
 from kenning.runtime.cli_operator import operator
 from kenning.runtime.cli_retention import purge, retention
+from kenning.runtime.cli_outbox import outbox
 from kenning.runtime.cli_runs import runs, start
 from kenning.runtime.cli_send import send
 from kenning.runtime.loader import load_workflows
@@ -64,6 +65,7 @@ runs.add_command(purge)
 runs.add_command(retention)
 main.add_command(send)
 main.add_command(operator)
+main.add_command(outbox)
 
 
 # -- options of the serving commands -------------------------------------------------------
@@ -119,7 +121,7 @@ def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str
                 click.echo(f"kenning dev: sink on {_listening(runner, host)}, worker "
                            f"{app.worker_id} serving {names} (database {_redact(database)}); "
                            f"Ctrl-C to stop")
-                await _until_signalled()
+                await _until_signalled_or_failed(app)
             finally:
                 await runner.cleanup()
 
@@ -139,11 +141,18 @@ def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str
               show_envvar=True,
               help="URL that events sent by workflows are POSTed to (a Knative broker). "
                    "Default: delivered to this store directly.")
+@click.option("--probe-port", type=click.IntRange(0, 65535), envvar=config.ENV_PROBE_PORT,
+              default=None, show_envvar=True,
+              help="Serve /healthz (loops alive), /readyz (store answers) and /metrics "
+                   "(Prometheus) on this port. Default: no probe server.")
+@click.option("--probe-host", envvar=config.ENV_PROBE_HOST, default=config.DEFAULT_PROBE_HOST,
+              show_default=True, show_envvar=True, help="Interface of the probe server.")
 def worker(module_or_file: str, database: str, worker_id: str | None, max_runs: int,
-           event_target: str | None) -> None:
+           event_target: str | None, probe_port: int | None, probe_host: str) -> None:
     """Run a worker (and the outbox dispatcher) for a module's workflows; no sink.
 
     Stops gracefully on SIGTERM or SIGINT: held runs are handed back for another worker.
+    Store outages are ridden out; a loop that dies of a bug exits 1, so that it is restarted.
     """
     workflows = load_workflows(module_or_file)
     options = WorkerOptions(max_runs=max_runs)
@@ -151,12 +160,16 @@ def worker(module_or_file: str, database: str, worker_id: str | None, max_runs: 
     async def go() -> None:
         # "" keeps App from falling back to $K_SINK when neither variable named it.
         async with App(database, worker_id, workflows=workflows, event_target=event_target or "",
-                       worker_options=options) as app:
+                       worker_options=options, probe_port=probe_port,
+                       probe_host=probe_host) as app:
             names = ", ".join(wf.name for wf in workflows)
             target = event_target or "this store"
+            probes = ""
+            if app.probe_address is not None:
+                probes = f", probes on http://{probe_host}:{app.probe_address[1]}"
             click.echo(f"kenning worker {app.worker_id}: serving {names} (database "
-                       f"{_redact(database)}, events to {target}); Ctrl-C to stop")
-            await _until_signalled()
+                       f"{_redact(database)}, events to {target}{probes}); Ctrl-C to stop")
+            await _until_signalled_or_failed(app)
 
     run_async(go())
 
@@ -217,6 +230,20 @@ def _redact(database: str) -> str:
         return database
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _until_signalled_or_failed(app: App) -> None:
+    """Wait for SIGINT or SIGTERM; raise ``LoopFailed`` if a loop of ``app`` dies first."""
+    signalled = asyncio.create_task(_until_signalled())
+    failed = asyncio.create_task(app.watch())
+    try:
+        await asyncio.wait((signalled, failed), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (signalled, failed):
+            task.cancel()
+        await asyncio.gather(signalled, failed, return_exceptions=True)
+    if failed.done() and not failed.cancelled() and failed.exception() is not None:
+        raise failed.exception()  # type: ignore[misc]
 
 
 async def _until_signalled() -> None:

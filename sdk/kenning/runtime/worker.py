@@ -14,11 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kenning.core.definitions import Registry
+from kenning.core.errors import LoopFailed, StoreUnavailable
 from kenning.core.execution import Outcome, RunExecution
 from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind
+from kenning.core.outage import Outage
 from kenning.core.store import Store
 from kenning.runtime.retention import purge_finished_runs
 from kenning.runtime.watchdog import LoopWatchdog
+from kenning.runtime.worker_metrics import MeteredStore, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class Worker:
         worker_id: str,
         options: WorkerOptions | None = None,
         on_outcome: Callable[[str, Outcome], None] | None = None,
+        *,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -65,6 +70,12 @@ class Worker:
         threshold = self.options.deadlock_threshold
         self.watchdog = None if threshold is None else LoopWatchdog(
             threshold, fail_runs=self.options.fail_deadlocked_runs)
+        self._loops: list[asyncio.Task[None]] = []
+        self.metrics = metrics
+        self._run_store = store
+        if metrics is not None:
+            metrics.hold(lambda: len(self._active))
+            self._run_store = MeteredStore(store, metrics).as_store()
 
     @property
     def active_runs(self) -> int:
@@ -77,23 +88,50 @@ class Worker:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Work until cancelled; on the way out, hand held runs back."""
+        """Work until cancelled; on the way out, hand held runs back.
+
+        Store outages are ridden out (backoff, logged once each way); a loop that dies of
+        anything else ends ``run`` with that error, so that the process can say so.
+        """
         unsubscribe = self.store.subscribe(self._on_notification)
-        helpers = [asyncio.create_task(self._renew_loop(), name="kenning-renew"),
-                   asyncio.create_task(self._purge_loop(), name="kenning-purge")]
+        self._loops = [asyncio.create_task(self._claim_loop(), name="kenning-claim"),
+                       asyncio.create_task(self._renew_loop(), name="kenning-renew"),
+                       asyncio.create_task(self._purge_loop(), name="kenning-purge")]
         if self.watchdog is not None:
-            helpers.append(asyncio.create_task(self.watchdog.run(), name="kenning-watchdog"))
+            self._loops.append(asyncio.create_task(self.watchdog.run(), name="kenning-watchdog"))
         try:
-            await self._claim(reclaim_own=True)
-            while True:
-                await self._sleep_until_needed()
-                await self._claim()
+            done, _ = await asyncio.wait(self._loops, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                raise LoopFailed(f"worker {self.worker_id}: its {task.get_name()} loop "
+                                 f"died of {type(exc).__name__}: {exc}; the process must "
+                                 "be restarted") from exc
         finally:
             self._stopping = True
             unsubscribe()
-            for task in helpers:
+            for task in self._loops:
                 task.cancel()
+            await asyncio.gather(*self._loops, return_exceptions=True)
             await self._stop_active()
+
+    @property
+    def alive(self) -> bool:
+        """True while every loop of ``run`` is running."""
+        return bool(self._loops) and not any(task.done() for task in self._loops)
+
+    async def _claim_loop(self) -> None:
+        outage = Outage(f"worker {self.worker_id} claiming runs", log)
+        reclaim_own = True
+        while True:
+            try:
+                await self._claim(reclaim_own=reclaim_own)
+                reclaim_own = False
+                outage.recovered()
+                await self._sleep_until_needed()
+            except StoreUnavailable as exc:
+                self._alarm_known = False  # re-read the nearest timer once the store is back
+                self._wakeup.clear()
+                await outage.wait(exc, self._wakeup)
 
     # -- waking -------------------------------------------------------------------------
     def _on_notification(self, note: Notification) -> None:
@@ -135,13 +173,11 @@ class Worker:
             if free <= 0:
                 return
             want = min(free, self.options.claim_batch)
-            try:
-                claimed = await self.store.claim_runs(
-                    self.worker_id, limit=want, lease_seconds=self.options.lease_seconds,
-                    workflows=self.registry.names, reclaim_own=reclaim_own)
-            except Exception as exc:
-                log.warning("worker %s could not claim runs: %s", self.worker_id, exc)
-                return
+            claimed = await self.store.claim_runs(
+                self.worker_id, limit=want, lease_seconds=self.options.lease_seconds,
+                workflows=self.registry.names, reclaim_own=reclaim_own)
+            if self.metrics is not None:
+                self.metrics.claims.inc(len(claimed))
             for item in claimed:
                 self._launch(item)
             if len(claimed) < want:
@@ -158,7 +194,7 @@ class Worker:
         outcome = Outcome.ABANDONED
         try:
             definition = self.registry.get(claimed.run.workflow)
-            execution = RunExecution(self.store, definition, claimed, self.store.clock,
+            execution = RunExecution(self._run_store, definition, claimed, self.store.clock,
                                      lease_expiry=lambda: self._renewed_until)
             outcome = await execution.execute()
             if outcome is Outcome.SUSPENDED and execution.suspended_until is not None:
@@ -190,28 +226,32 @@ class Worker:
                 await asyncio.shield(self.store.release_run(lease))
 
     async def _renew_loop(self) -> None:
+        outage = Outage(f"worker {self.worker_id} renewing leases", log)
         interval = self.options.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            if self._active:
-                try:
-                    granted = self.store.clock() + self.options.lease_seconds
-                    await self.store.renew_leases(self.worker_id, list(self._active),
-                                                  self.options.lease_seconds)
-                    self._renewed_until = granted
-                except Exception as exc:
-                    log.warning("worker %s could not renew leases: %s", self.worker_id, exc)
+            if not self._active:
+                continue
+            try:
+                granted = self.store.clock() + self.options.lease_seconds
+                await self.store.renew_leases(self.worker_id, list(self._active),
+                                              self.options.lease_seconds)
+            except StoreUnavailable as exc:
+                outage.failed(exc)
+                continue
+            self._renewed_until = granted
+            outage.recovered()
+            if self.metrics is not None:
+                self.metrics.lease_renewals.inc(len(self._active))
 
     async def _purge_loop(self) -> None:
+        outage = Outage(f"worker {self.worker_id} purging expired events and runs", log)
         while True:
             await asyncio.sleep(self.options.purge_interval)
             try:
                 await self.store.purge_expired()
-            except Exception as exc:
-                log.warning("purging expired events failed: %s", exc)
-            try:
                 await purge_finished_runs(self.store, max_batches=PURGE_BATCHES_PER_ROUND)
-            except Exception as exc:
-                log.warning("purging finished runs failed: %s", exc)
-
-
+            except StoreUnavailable as exc:
+                outage.failed(exc)
+                continue
+            outage.recovered()

@@ -466,3 +466,29 @@ class PostgresStore(PostgresRetention):
         async def op(conn: Conn, notes: Notes) -> None:
             await conn.execute(sql.OUTBOX_RETRY, pk, float(next_attempt_at), error)
         await self._write(op)
+
+    async def outbox_dead(self, pk: int, error: str) -> None:
+        """Mark an entry dead (kept, never retried until revived)."""
+        async def op(conn: Conn, notes: Notes) -> None:
+            await conn.execute(sql.OUTBOX_DEAD, pk, self._now(), error)
+        await self._write(op)
+
+    async def list_outbox(self, *, dead: bool = False, limit: int = 100) -> list[OutboxEntry]:
+        """Live (or dead) entries, oldest first."""
+        rows = await self._read(lambda conn: conn.fetch(sql.LIST_OUTBOX, dead, limit))
+        return [outbox_from_row(r) for r in rows]
+
+    async def revive_outbox(self, pks: Sequence[int] | None = None) -> int:
+        """Make dead entries due again; returns how many."""
+        async def op(conn: Conn, notes: Notes) -> int:
+            done = await conn.execute(sql.REVIVE_OUTBOX, self._now(),
+                                      None if pks is None else list(pks))
+            count = int(done.split()[-1])
+            if count:
+                notes.append(Notification(NotificationKind.OUTBOX))
+            return count
+        return await self._write(op)
+
+    async def count_outbox(self, *, dead: bool = False) -> int:
+        """How many live (or dead) entries."""
+        return int(await self._read(lambda conn: conn.fetchval(sql.COUNT_OUTBOX, dead)))

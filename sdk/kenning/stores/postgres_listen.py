@@ -13,7 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kenning.core.errors import StoreUnavailable
 from kenning.core.models import Notification, NotificationKind
+from kenning.core.outage import Outage
 from kenning.stores.postgres_errors import is_connection_error
 
 log = logging.getLogger(__name__)
@@ -107,15 +109,26 @@ class NotifyListener:
         self._on_notification([note])
 
     async def _supervise(self) -> None:
+        # Never ends but by cancellation: whatever goes wrong, listening is tried again.
+        outage = Outage(f"LISTEN connection to PostgreSQL ({self._channel})", log,
+                        max_delay=_MAX_BACKOFF)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), _HEALTH_INTERVAL)
-            if not self._lost.is_set() and await self._healthy():
-                continue
-            log.warning("LISTEN connection to PostgreSQL lost; reconnecting")
-            await self._close()
-            await self._reconnect()
-            self._on_notification([Notification(NotificationKind.RUNNABLE)])
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._lost.wait(), _HEALTH_INTERVAL)
+                if not self._lost.is_set() and await self._healthy():
+                    continue
+                outage.failed(StoreUnavailable("the connection was lost"))
+                await self._close()
+                await self._reconnect(outage)
+                outage.recovered()
+                self._on_notification([Notification(NotificationKind.RUNNABLE)])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug here must not end listening for good
+                log.exception("LISTEN supervisor: unexpected error; listening again")
+                self._lost.set()
+                await asyncio.sleep(outage.failed(exc))
 
     async def _healthy(self) -> bool:
         conn = self._conn
@@ -127,16 +140,13 @@ class NotifyListener:
             return False
         return True
 
-    async def _reconnect(self) -> None:
-        delay = 0.05
+    async def _reconnect(self, outage: Outage) -> None:
         while True:
             try:
                 await self._open()
             except Exception as exc:
                 if not is_connection_error(exc):
-                    log.exception("reopening the LISTEN connection failed")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF)
+                    log.debug("reopening the LISTEN connection failed", exc_info=True)
+                await asyncio.sleep(outage.failed(exc))
                 continue
-            log.info("LISTEN connection to PostgreSQL restored")
             return

@@ -135,6 +135,11 @@ MIGRATIONS: list[str] = [
         finished_retention double precision NOT NULL
     );
     """,
+    # 3: outbox dead letters: entries their target refused for good (a 4xx answer)
+    """
+    ALTER TABLE outbox ADD COLUMN IF NOT EXISTS dead_at double precision;
+    CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (pk) WHERE dead_at IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -222,10 +222,20 @@ PURGE = (
 # while this one publishes (a crash just makes them due again).
 DUE_OUTBOX = (
     "UPDATE outbox SET next_attempt_at = $1 + $3 WHERE pk IN (SELECT pk FROM outbox"
-    " WHERE next_attempt_at <= $1 ORDER BY pk LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING *"
+    " WHERE next_attempt_at <= $1 AND dead_at IS NULL ORDER BY pk LIMIT $2"
+    " FOR UPDATE SKIP LOCKED) RETURNING *"
 )
 OUTBOX_DONE = "DELETE FROM outbox WHERE pk = $1"
 OUTBOX_RETRY = (
     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3"
     " WHERE pk = $1"
 )
+OUTBOX_DEAD = (
+    "UPDATE outbox SET attempts = attempts + 1, dead_at = $2, last_error = $3 WHERE pk = $1"
+)
+LIST_OUTBOX = "SELECT * FROM outbox WHERE (dead_at IS NOT NULL) = $1 ORDER BY pk LIMIT $2"
+REVIVE_OUTBOX = (
+    "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $1"
+    " WHERE dead_at IS NOT NULL AND ($2::bigint[] IS NULL OR pk = ANY($2))"
+)
+COUNT_OUTBOX = "SELECT count(*) FROM outbox WHERE (dead_at IS NOT NULL) = $1"

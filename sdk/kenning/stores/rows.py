@@ -89,6 +89,8 @@ def outbox_from_row(row: Mapping[str, Any]) -> OutboxEntry:
         event=record_from_json(row["record"]),
         attempts=row["attempts"],
         next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        dead_at=row["dead_at"],
     )
 
 

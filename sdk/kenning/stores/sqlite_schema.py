@@ -121,6 +121,11 @@ MIGRATIONS: list[str] = [
         finished_retention REAL NOT NULL
     );
     """,
+    # 3: outbox dead letters: entries their target refused for good (a 4xx answer)
+    """
+    ALTER TABLE outbox ADD COLUMN dead_at REAL;
+    CREATE INDEX outbox_dead ON outbox(pk) WHERE dead_at IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -7,6 +7,9 @@ from typing import Any
 from kenning_operator.config import OperatorConfig
 from kenning_operator.resources import API_VERSION, MANAGED_BY, POOL_LABEL, WorkerPoolSpec
 
+WORKER_PROBE_PORT = 8080
+"""The port of a worker pod's ``/healthz``, ``/readyz`` and ``/metrics`` (``--probe-port``)."""
+
 
 def deployment_name(pool: str) -> str:
     """The name of a pool's Deployment."""
@@ -30,6 +33,7 @@ def worker_deployment(*, namespace: str, pool: str, uid: str, spec: WorkerPoolSp
         {"name": "KENNING_WORKER_ID", "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.name"}}},
         {"name": "KENNING_POOL", "value": pool},
+        {"name": "KENNING_PROBE_PORT", "value": str(WORKER_PROBE_PORT)},
         *({"name": k, "value": v} for k, v in sorted(config.extra_worker_env.items())),
         *spec.env,
     ]
@@ -39,6 +43,7 @@ def worker_deployment(*, namespace: str, pool: str, uid: str, spec: WorkerPoolSp
         "command": ["kenning", "worker"],
         "args": ["--module", spec.module, "--max-runs", str(spec.runs_per_worker)],
         "env": env,
+        **_probes(),
     }
     if config.worker_config_map:
         container["envFrom"] = [{"configMapRef": {"name": config.worker_config_map}}]
@@ -62,6 +67,25 @@ def worker_deployment(*, namespace: str, pool: str, uid: str, spec: WorkerPoolSp
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(pool)},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": labels, "annotations": _SCRAPE},
+                         "spec": pod_spec},
         },
+    }
+
+
+_SCRAPE = {"prometheus.io/scrape": "true", "prometheus.io/port": str(WORKER_PROBE_PORT),
+           "prometheus.io/path": "/metrics"}
+
+
+def _probes() -> dict[str, Any]:
+    """Liveness on the worker's loops, readiness on its store; the metrics port."""
+    def get(path: str) -> dict[str, Any]:
+        return {"path": path, "port": "probe"}
+    return {
+        "ports": [{"name": "probe", "containerPort": WORKER_PROBE_PORT}],
+        "livenessProbe": {"httpGet": get("/healthz"), "periodSeconds": 10,
+                          "timeoutSeconds": 5, "failureThreshold": 3},
+        # Not ready while the store is unreachable (the worker rides the outage out).
+        "readinessProbe": {"httpGet": get("/readyz"), "periodSeconds": 5,
+                           "timeoutSeconds": 6, "failureThreshold": 2},
     }

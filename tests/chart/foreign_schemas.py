@@ -92,9 +92,26 @@ SERVICE_MONITOR = _kind("monitoring.coreos.com/v1", "ServiceMonitor", {
                 "honorLabels": {"type": "boolean"}}}},
     }})
 
+POD_MONITOR = _kind("monitoring.coreos.com/v1", "PodMonitor", {
+    "type": "object", "additionalProperties": False,
+    "required": ["selector", "podMetricsEndpoints"],
+    "properties": {
+        "selector": SERVICE_MONITOR["properties"]["spec"]["properties"]["selector"],
+        "namespaceSelector": SERVICE_MONITOR["properties"]["spec"]["properties"][
+            "namespaceSelector"],
+        "jobLabel": {"type": "string"},
+        "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "properties": {
+                "port": _STR, "path": {"type": "string", "pattern": "^/"},
+                "scheme": {"enum": ["http", "https"]},
+                "interval": _PROM_DURATION, "scrapeTimeout": _PROM_DURATION,
+                "honorLabels": {"type": "boolean"}}}},
+    }})
+
 SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("eventing.knative.dev/v1", "Trigger"): TRIGGER,
     ("eventing.knative.dev/v1", "Broker"): BROKER,
     ("sources.knative.dev/v1", "SinkBinding"): SINK_BINDING,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
+    ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
 }

@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from kenning_operator.config import OperatorConfig
+from kenning_operator.deployment import worker_deployment
+from kenning_operator.resources import WorkerPoolSpec
 from tests.chart.conftest import CHART, NAMESPACE, Render, find, kinds, run_helm
 from tests.chart.validation import assert_valid
 
@@ -143,6 +146,16 @@ def test_namespaced_ha_operator(render: Render) -> None:
                        o["metadata"]["labels"]["app.kubernetes.io/component"] ==
                        monitor["metadata"]["labels"]["app.kubernetes.io/component"])
         assert service["spec"]["ports"][0]["name"] == monitor["spec"]["endpoints"][0]["port"]
+    workers = find(objects, "PodMonitor")
+    assert workers["metadata"]["labels"]["release"] == "prometheus"
+    pod = worker_deployment(namespace="shop", pool="p", uid="u",
+                            spec=WorkerPoolSpec(image="i", module="m", workflows=["w"]),
+                            config=OperatorConfig(database="postgresql://x/y"), replicas=1)
+    template = pod["spec"]["template"]
+    assert workers["spec"]["selector"]["matchLabels"].items() <= \
+        template["metadata"]["labels"].items(), "it selects the worker pods the operator makes"
+    assert workers["spec"]["podMetricsEndpoints"][0]["port"] == \
+        template["spec"]["containers"][0]["ports"][0]["name"]
 
 
 def test_fixed_size_sink_with_a_token(render: Render) -> None:

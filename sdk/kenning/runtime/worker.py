@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from kenning.core.definitions import Registry
 from kenning.core.errors import LoopFailed, StoreUnavailable
-from kenning.core.execution import Outcome, RunExecution
+from kenning.core.execution import Abandoned, Outcome, RunExecution
 from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind
 from kenning.core.outage import Outage
 from kenning.core.store import Store
@@ -71,6 +71,9 @@ class Worker:
         self.watchdog = None if threshold is None else LoopWatchdog(
             threshold, fail_runs=self.options.fail_deadlocked_runs)
         self._loops: list[asyncio.Task[None]] = []
+        # runs this worker dropped on a store error, still leased to it: taken back as soon
+        # as the store answers, rather than after their lease expires
+        self._abandoned: set[str] = set()
         self.metrics = metrics
         self._run_store = store
         if metrics is not None:
@@ -168,6 +171,17 @@ class Worker:
             self._alarm_known = False
 
     async def _claim(self, *, reclaim_own: bool = False) -> None:
+        if self._abandoned:
+            ids = sorted(self._abandoned - self._active.keys())
+            if ids:
+                claimed = await self.store.claim_runs(
+                    self.worker_id, limit=len(ids), lease_seconds=self.options.lease_seconds,
+                    workflows=self.registry.names, run_ids=ids, reclaim_own=True)
+                if self.metrics is not None:
+                    self.metrics.claims.inc(len(claimed))
+                for item in claimed:
+                    self._launch(item)
+            self._abandoned.difference_update(ids)
         while not self._stopping:
             free = self.options.max_runs - len(self._active)
             if free <= 0:
@@ -192,15 +206,19 @@ class Worker:
     async def _execute(self, claimed: ClaimedRun) -> None:
         run_id = claimed.run.run_id
         outcome = Outcome.ABANDONED
+        dropped = False
         try:
             definition = self.registry.get(claimed.run.workflow)
             execution = RunExecution(self._run_store, definition, claimed, self.store.clock,
                                      lease_expiry=lambda: self._renewed_until)
             outcome = await execution.execute()
+            dropped = outcome is Outcome.ABANDONED
             if outcome is Outcome.SUSPENDED and execution.suspended_until is not None:
                 until = execution.suspended_until
                 if self._alarm is None or until < self._alarm:
                     self._alarm = until
+        except Abandoned:  # the last commit (finishing the run) met a store error
+            dropped = True
         except asyncio.CancelledError:
             if not self._stopping:
                 log.info("run %s stopped on %s: cancelled", run_id, self.worker_id)
@@ -212,6 +230,8 @@ class Worker:
         finally:
             self._active.pop(run_id, None)
             self._wakeup.set()
+        if dropped and not self._stopping:
+            self._abandoned.add(run_id)
         if self._on_outcome is not None:
             self._on_outcome(run_id, outcome)
 

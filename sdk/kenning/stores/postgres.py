@@ -153,7 +153,7 @@ class PostgresStore(PostgresRetention):
     async def _create_pool(self) -> Any:
         try:
             return await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self._writers + self._readers,
+                self.dsn, min_size=0, max_size=self._writers + self._readers,
                 max_queries=10_000_000, init=self._init_connection, reset=_reset_connection,
                 timeout=self._connect_timeout, command_timeout=self._command_timeout,
                 server_settings={"application_name": "kenning"})

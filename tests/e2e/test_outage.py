@@ -75,12 +75,14 @@ class Probe:
     async def wait_for(self, status: int, timeout: float) -> float:
         """Wait until the probe answers ``status``; return when it did."""
         since = time.monotonic()
-        async with asyncio.timeout(timeout):
-            while True:
-                for moment, seen in self.answers:
-                    if moment >= since and seen == status:
-                        return moment
-                await asyncio.sleep(0.05)
+        deadline = since + timeout
+        while time.monotonic() < deadline:
+            for moment, seen in self.answers:
+                if moment >= since and seen == status:
+                    return moment
+            await asyncio.sleep(0.05)
+        recent = [(round(m - since, 1), s) for m, s in self.answers if m >= since]
+        raise AssertionError(f"{self.url} did not answer {status} within {timeout}s: {recent}")
 
 
 async def _retrying(what: str, attempt: object) -> object:

@@ -23,8 +23,8 @@ from kenning.runtime.cli_common import (
     run_async,
 )
 from kenning.runtime.cli_operator import operator
-from kenning.runtime.cli_retention import purge, retention
 from kenning.runtime.cli_outbox import outbox
+from kenning.runtime.cli_retention import purge, retention
 from kenning.runtime.cli_runs import runs, start
 from kenning.runtime.cli_send import send
 from kenning.runtime.loader import load_workflows

@@ -9,7 +9,6 @@ carry no ``ce-*`` headers, so Knative never mistakes them for reply events.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -24,6 +23,7 @@ from kenning.core.errors import ConfigurationError, InvalidEvent, StoreUnavailab
 from kenning.core.models import AcceptOutcome, CloudEventRecord
 from kenning.core.store import Store
 from kenning.runtime.metrics import SinkMetrics, render_metrics
+from kenning.runtime.probe import StoreCheck, readiness
 from kenning.runtime.sink_parsing import parse_batch, parse_binary, parse_structured
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def create_sink_app(
     sink = _Sink(store, default_namespace, max_body_bytes, token, metrics or SinkMetrics())
     app = web.Application(client_max_size=max_body_bytes)
     app[SINK_METRICS] = sink.metrics
+    app.on_cleanup.append(sink.close)
     for path, post in (("/", sink.post_default), ("/namespaces/{namespace}", sink.post)):
         resource = app.router.add_resource(path)
         resource.add_route("POST", post)
@@ -120,6 +121,11 @@ class _Sink:
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self._token = None if token is None else token.encode()
+        self._ping = StoreCheck(lambda: store.ping(), READY_TIMEOUT)
+
+    async def close(self, app: web.Application) -> None:
+        """Cancel a readiness check still in flight."""
+        await self._ping.close()
 
     # -- POST ------------------------------------------------------------------------------
     async def post_default(self, request: web.Request) -> web.Response:
@@ -246,17 +252,8 @@ class _Sink:
 
     async def readyz(self, request: web.Request) -> web.Response:
         """``GET /readyz``: 200 when the store answers a ping, else 503 with the reason."""
-        try:
-            async with asyncio.timeout(READY_TIMEOUT):
-                await self.store.ping()
-        except StoreUnavailable as exc:
-            reason = str(exc)
-        except TimeoutError:
-            reason = f"the store did not answer within {READY_TIMEOUT:g}s"
-        except Exception as exc:
-            log.exception("sink: readiness check failed")
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
+        reason = await readiness(self._ping)
+        if reason is None:
             return web.Response(body=b'{"status":"ready"}', content_type=_JSON)
         return _json_response(503, {"status": "unavailable", "reason": reason})
 

@@ -13,10 +13,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kenning.core.committer import Abandoned
 from kenning.core.definitions import Registry
 from kenning.core.errors import LoopFailed, StoreUnavailable
-from kenning.core.execution import Abandoned, Outcome, RunExecution
-from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind
+from kenning.core.execution import Outcome, RunExecution
+from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind, RunStatus
 from kenning.core.outage import Outage
 from kenning.core.store import Store
 from kenning.runtime.retention import purge_finished_runs
@@ -26,6 +27,7 @@ from kenning.runtime.worker_metrics import MeteredStore, WorkerMetrics
 log = logging.getLogger(__name__)
 
 PURGE_BATCHES_PER_ROUND = 100  # finished runs purged per round: at most 100 small batches
+_ORPHAN_SCAN = 1000  # running runs looked at for orphans of this worker after an outage
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class Worker:
         reclaim_own = True
         while True:
             try:
+                if outage.down:
+                    await self._find_orphans()
                 await self._claim(reclaim_own=reclaim_own)
                 reclaim_own = False
                 outage.recovered()
@@ -135,6 +139,14 @@ class Worker:
                 self._alarm_known = False  # re-read the nearest timer once the store is back
                 self._wakeup.clear()
                 await outage.wait(exc, self._wakeup)
+
+    async def _find_orphans(self) -> None:
+        """After an outage: runs leased to this worker that it does not hold (a claim that
+        committed but whose answer was lost) are taken back now, not after their lease."""
+        running = await self.store.list_runs(status=RunStatus.RUNNING, limit=_ORPHAN_SCAN)
+        self._abandoned.update(run.run_id for run in running
+                               if run.lease_owner == self.worker_id
+                               and run.run_id not in self._active)
 
     # -- waking -------------------------------------------------------------------------
     def _on_notification(self, note: Notification) -> None:

@@ -62,6 +62,15 @@ from kenning.stores.rows import (
 
 log = logging.getLogger(__name__)
 
+
+def _not_pool_floor(record: logging.LogRecord) -> bool:
+    # asyncpg logs a traceback each time it fails to reopen its idle connection during an
+    # outage; the outage is logged once by the loops that meet it, so drop these
+    return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+logging.getLogger("asyncpg.pool").addFilter(_not_pool_floor)
+
 T = TypeVar("T")
 Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
 Notes = list[Notification]
@@ -153,7 +162,7 @@ class PostgresStore(PostgresRetention):
     async def _create_pool(self) -> Any:
         try:
             return await asyncpg.create_pool(
-                self.dsn, min_size=0, max_size=self._writers + self._readers,
+                self.dsn, min_size=1, max_size=self._writers + self._readers,
                 max_queries=10_000_000, init=self._init_connection, reset=_reset_connection,
                 timeout=self._connect_timeout, command_timeout=self._command_timeout,
                 server_settings={"application_name": "kenning"})

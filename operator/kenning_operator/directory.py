@@ -13,8 +13,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kenning_operator.resources import WorkerPoolSpec, WorkflowRunSpec, parse_duration
-from kenning_operator.status import Schedulable, run_id_for
+from kenning_operator.resources import (
+    FINALIZER,
+    WorkerPoolSpec,
+    WorkflowRunSpec,
+    parse_duration,
+)
+from kenning_operator.status import Schedulable, run_id_for, status_digest
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,14 @@ class RunRef:
     timeout_seconds: float | None
     created_at: float | None
     deleting: bool
+    finalizers: tuple[str, ...] = ()
+    status_digest: str | None = None
+    """``status_digest`` of the resource's status as listed or watched."""
+
+    @property
+    def finalized(self) -> bool:
+        """Whether the resource carries Kenning's finalizer (its deletion cancels the run)."""
+        return FINALIZER in self.finalizers
 
 
 def _created(meta: Mapping[str, Any]) -> float | None:
@@ -68,7 +81,9 @@ def run_ref(body: Mapping[str, Any]) -> RunRef:
         workflow=str(spec.get("workflow", "")), pool=spec.get("pool"),
         phase=status.get("phase"), conditions=tuple(status.get("conditions") or ()),
         ttl_seconds=ttl if isinstance(ttl, int) else None, timeout_seconds=timeout,
-        created_at=_created(meta), deleting=bool(meta.get("deletionTimestamp")))
+        created_at=_created(meta), deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(meta.get("finalizers") or ()),
+        status_digest=status_digest(status) if status else None)
 
 
 class RunDirectory:

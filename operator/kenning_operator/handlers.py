@@ -5,8 +5,10 @@ can live in one process (the restart tests do that).
 
 A ``WorkflowRun`` is started from the watch stream itself (``watchhook``), before kopf's
 per-object machinery; its ``on.event`` handler finishes what the hook began (or starts the
-run when the hook is not installed) and follows spec changes. Runs have no create, update or
-resume handler: kopf adds its finalizer (for ``on.delete``) and writes nothing else on them.
+run when the hook is not installed) and follows spec changes. Runs have no create, update,
+resume or delete handler, so kopf writes nothing on them: the operator adds its own finalizer
+with the run's first status patch (``finalizer``), and on deletion cancels the run and
+removes it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from kenning.core.definitions import encode_input, input_from_json
 from kenning.core.errors import RunNotFound
 from kenning.core.models import NewRun, RunStatus
 from kenning_operator.directory import RunRef, run_ref, spec_of
+from kenning_operator.finalizer import remove_finalizer
+from kenning_operator.outage import TRANSIENT
 from kenning_operator.resources import CR_NAME_LABEL, CR_UID_LABEL, GROUP, VERSION
 from kenning_operator.status import run_id_for
 
@@ -116,7 +120,13 @@ def on_raw_event(op: KenningOperator, event: Mapping[str, Any]) -> None:
 
 
 def retry_unstarted(op: KenningOperator) -> None:
-    """Retry the starts that failed for a reason other than the resource (the sweep)."""
+    """Retry the starts that failed for a reason other than the resource, and the
+    deletions not finalized yet (the sweep)."""
+    for seen in op.runs:
+        if seen.deleting and seen.finalized and seen.uid not in op.finalizing:
+            task = asyncio.ensure_future(finalize(op, seen))
+            op.background.add(task)
+            task.add_done_callback(op.background.discard)
     for run_id, body in list(op.unstarted.items()):
         ref = op.runs.get(run_id)
         if ref is None or not needs_start(op, ref):
@@ -125,9 +135,29 @@ def retry_unstarted(op: KenningOperator) -> None:
             begin_start(op, ref, body)
 
 
+async def finalize(op: KenningOperator, ref: RunRef) -> None:
+    """A resource being deleted: cancel its run, then remove the finalizer (an outage is
+    retried by the sweep)."""
+    if ref.uid in op.finalizing:
+        return
+    op.finalizing.add(ref.uid)
+    try:
+        await cancel_ref(op, ref)
+        await remove_finalizer(op.kube, ref.namespace, ref.name, ref.finalizers)
+    except TRANSIENT as exc:
+        log.warning("WorkflowRun %s/%s: run not cancelled or finalizer not removed yet "
+                    "(retried by the sweep): %s", ref.namespace, ref.name, exc)
+    finally:
+        op.finalizing.discard(ref.uid)
+
+
 async def cancel_run(op: KenningOperator, body: Mapping[str, Any]) -> None:
-    """Cancel the run of a deleted ``WorkflowRun`` (the finalizer waits for the store)."""
-    ref = run_ref(body)
+    """Cancel the run of a deleted ``WorkflowRun`` (its finalizer waits for the store)."""
+    await cancel_ref(op, run_ref(body))
+
+
+async def cancel_ref(op: KenningOperator, ref: RunRef) -> None:
+    """Cancel the run of the deleted resource ``ref``."""
     try:
         run = await op.store.cancel_run(
             ref.run_id, f"WorkflowRun {ref.namespace}/{ref.name} was deleted")
@@ -165,6 +195,8 @@ def build_registry(op: KenningOperator) -> kopf.OperatorRegistry:
 
     @kopf.on.login(registry=registry)
     def _login(**_: Any) -> kopf.ConnectionInfo:
+        # Called again by kopf after a 401: fresh credentials, as kopf's own login does.
+        op.connection = op.relogin()
         return op.connection
 
     @kopf.on.event(*RUNS, registry=registry)
@@ -176,21 +208,21 @@ def build_registry(op: KenningOperator) -> kopf.OperatorRegistry:
                 op.started.discard(gone.run_id)
                 op.unstarted.pop(gone.run_id, None)
                 op.rejected.discard(gone.uid)
-                # Deleted before kopf's finalizer was added: cancel here instead.
+                # Deleted before the finalizer was added: cancel here instead.
                 await cancel_run(op, body)
             return
         ref = run_ref(body)
         previous = op.runs.put(ref)
         op.sync.resource_seen(ref)
+        if ref.deleting:
+            if ref.finalized:
+                await finalize(op, ref)
+            return
         if needs_start(op, ref):
             # Usually under way already (the watch hook); otherwise started here.
             await asyncio.shield(begin_start(op, ref, body))
         elif previous is not None and previous.generation != ref.generation:
             op.sync.mark(ref.run_id)  # observedGeneration, TTL, timeout
-
-    @kopf.on.delete(*RUNS, registry=registry)
-    async def _run_deleted(body: kopf.Body, **_: Any) -> None:
-        await cancel_run(op, body)
 
     @kopf.on.event(*POOLS, registry=registry)
     def _pool_event(type: str | None, body: kopf.Body, **_: Any) -> None:

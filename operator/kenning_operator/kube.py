@@ -1,31 +1,80 @@
 """A small async Kubernetes API client on aiohttp, logged in with kopf's credentials.
 
 kopf's own API access is private; the sync ``kubernetes`` client would block the event loop,
-and the operator needs only a handful of calls: get, create, merge-patch, delete, events.
+and the operator needs only a handful of calls: get, list, create, merge-patch, delete.
+
+Like kopf's own client, it logs in again when the API server answers 401 (a projected
+service-account token rotates: the login function re-reads it), and it waits and retries
+when the server answers 429 (API Priority and Fairness) or 503, honouring ``Retry-After``.
+Every refusal is a ``KubeError`` (a ``KenningError``), typed by its status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 import kopf
 
+from kenning.core.errors import KenningError
+
 log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
+Login = Callable[[], kopf.ConnectionInfo]
+
+RETRY_STATUSES = (429, 503)
+MAX_RETRY_AFTER = 30.0
+"""The longest ``Retry-After`` honoured as given (seconds); longer ones are capped."""
 
 
-class KubeError(Exception):
-    """The API server refused a request."""
+class KubeError(KenningError):
+    """The API server refused a request (``status``, ``reason`` as it answered)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
+    def __init__(self, status: int, reason: str, message: str, *, what: str = "") -> None:
+        where = f"{what}: " if what else ""
+        super().__init__(f"{where}{status} {reason}: {message}")
         self.status = status
         self.reason = reason
+
+
+class Unauthorized(KubeError):
+    """401: the credentials were refused even after logging in again; check the service
+    account token or kubeconfig."""
+
+
+class Forbidden(KubeError):
+    """403: the RBAC of the operator's service account does not allow the call."""
+
+
+class NotFound(KubeError):
+    """404: no such object (or resource type)."""
+
+
+class Conflict(KubeError):
+    """409: a precondition (uid, resourceVersion) failed or the object exists."""
+
+
+class Invalid(KubeError):
+    """422: the object or patch was refused as invalid (or a JSON-patch ``test`` failed)."""
+
+
+class TooManyRequests(KubeError):
+    """429: the API server kept asking the operator to slow down (retries spent)."""
+
+
+_TYPED: dict[int, type[KubeError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
+                                      409: Conflict, 422: Invalid, 429: TooManyRequests}
+
+
+def kube_error(status: int, reason: str, message: str, *, what: str = "") -> KubeError:
+    """The ``KubeError`` subclass of an HTTP status."""
+    return _TYPED.get(status, KubeError)(status, reason, message, what=what)
 
 
 def resource_path(api_version: str, plural: str, namespace: str | None,
@@ -40,18 +89,42 @@ def resource_path(api_version: str, plural: str, namespace: str | None,
     return path
 
 
+def retry_delay(retry_after: str | None, attempt: int, *, base: float = 0.05,
+                cap: float = 5.0) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): ``Retry-After`` when the server
+    gave one (capped), else capped exponential backoff with full jitter."""
+    if retry_after is not None:
+        try:
+            return min(MAX_RETRY_AFTER, max(0.0, float(retry_after)))
+        except ValueError:
+            pass  # an HTTP date: fall back to backoff
+    return random.uniform(0, min(cap, base * 2 ** attempt))
+
+
 class KubeClient:
     """Calls the API server the operator is logged in to."""
 
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
+    def __init__(self, info: kopf.ConnectionInfo, *, relogin: Login | None = None,
+                 max_retries: int = 8) -> None:
+        self.relogin = relogin
+        """Called for fresh credentials after a 401 (None: the first ones are kept)."""
+        self.max_retries = max_retries
+        """Retries of a call answered 429/503 before ``TooManyRequests`` is raised."""
+        self.retried = 0
+        """Calls retried after 429/503 so far."""
+        self.relogins = 0
+        """Fresh logins after a 401 so far."""
+        self._session: aiohttp.ClientSession | None = None
+        self._use(info)
+
+    def _use(self, info: kopf.ConnectionInfo) -> None:
         self.server = info.server.rstrip("/")
         self._headers = {"Accept": "application/json", **info.as_http_headers()}
         self._ssl = _ssl_context(info)
-        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeClient:
         self._session = aiohttp.ClientSession(
-            headers=self._headers, connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
             timeout=aiohttp.ClientTimeout(total=30))
         return self
 
@@ -63,27 +136,62 @@ class KubeClient:
     async def request(self, method: str, path: str, body: Any = None,
                       content_type: str = "application/json",
                       params: Mapping[str, str] | None = None) -> Body:
-        """One call; raises ``KubeError`` for any non-2xx answer."""
+        """One call; raises a ``KubeError`` subclass for any non-2xx answer."""
         if self._session is None:
             raise RuntimeError("KubeClient used outside 'async with'")
-        headers = {"Content-Type": content_type} if body is not None else {}
-        async with self._session.request(method, self.server + path, json=body, headers=headers,
-                                         params=params) as resp:
-            data: Any = await resp.json(content_type=None) if resp.content_length != 0 else {}
-            if resp.status >= 300:
+        relogged = False
+        attempt = 0
+        while True:
+            headers = dict(self._headers)
+            if body is not None:
+                headers["Content-Type"] = content_type
+            async with self._session.request(method, self.server + path, json=body,
+                                             headers=headers, params=params) as resp:
+                data: Any = await resp.json(content_type=None) \
+                    if resp.content_length != 0 else {}
+                if resp.status < 300:
+                    return data if isinstance(data, dict) else {}
+                retry_after = resp.headers.get("Retry-After")
+                status = resp.status
                 info = data if isinstance(data, dict) else {}
-                raise KubeError(resp.status, str(info.get("reason", resp.reason)),
-                                str(info.get("message", data)))
-            return data if isinstance(data, dict) else {}
+                reason = str(info.get("reason", resp.reason))
+                message = str(info.get("message", data))
+            if status == 401 and not relogged and self.relogin is not None:
+                relogged = True
+                await self._login_again()
+                continue
+            if status in RETRY_STATUSES and attempt < self.max_retries:
+                self.retried += 1
+                await asyncio.sleep(retry_delay(retry_after, attempt))
+                attempt += 1
+                continue
+            raise kube_error(status, reason, message, what=f"{method} {path}")
+
+    async def _login_again(self) -> None:
+        assert self.relogin is not None
+        info = await asyncio.to_thread(self.relogin)
+        self.relogins += 1
+        self._use(info)
+        log.info("the API server refused the credentials (401): logged in again")
 
     async def get(self, path: str) -> Body | None:
         """The object at ``path``, or ``None`` if there is none."""
         try:
             return await self.request("GET", path)
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
+
+    async def list_pages(self, path: str, *, limit: int = 500) -> list[Body]:
+        """Every object of a collection, read in pages of ``limit`` (``continue`` tokens)."""
+        items: list[Body] = []
+        token = ""
+        while True:
+            params = {"limit": str(limit), **({"continue": token} if token else {})}
+            page = await self.request("GET", path, params=params)
+            items.extend(page.get("items") or [])
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return items
 
     async def create(self, path: str, body: Body) -> Body:
         """POST a new object to a collection path."""
@@ -93,20 +201,24 @@ class KubeClient:
         """Merge-patch an object; ``None`` if it is gone."""
         try:
             return await self.request("PATCH", path, patch, "application/merge-patch+json")
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
+
+    async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Body | None:
+        """JSON-patch an object (``test`` ops are preconditions: 422 if one fails);
+        ``None`` if it is gone."""
+        try:
+            return await self.request("PATCH", path, ops, "application/json-patch+json")
+        except NotFound:
+            return None
 
     async def delete(self, path: str, *, uid: str | None = None) -> bool:
         """Delete an object (only that incarnation when ``uid`` is given); False if gone."""
         body = {"preconditions": {"uid": uid}} if uid else None
         try:
             await self.request("DELETE", path, body)
-        except KubeError as exc:
-            if exc.status in (404, 409):
-                return False
-            raise
+        except (NotFound, Conflict):
+            return False
         return True
 
 

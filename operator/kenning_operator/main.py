@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 from aiohttp import web
 
+from kenning.core.errors import KenningError
 from kenning.core.store import Store
 from kenning.stores import open_store
 from kenning_operator import watchhook
@@ -27,13 +28,16 @@ from kenning_operator.handlers import (
 )
 from kenning_operator.kube import KubeClient
 from kenning_operator.metrics import Metrics
+from kenning_operator.outage import LoopSupervisor
 from kenning_operator.probes import probe_app, serve_probes
 from kenning_operator.scaling import PoolScaler
 from kenning_operator.sync import RunSync
 
 log = logging.getLogger(__name__)
 
-FINALIZER = "kenning.dev/cancel-run"
+KOPF_FINALIZER = "kenning.dev/kopf"
+"""kopf's own finalizer name: never added (no handler needs it); runs carry Kenning's
+``FINALIZER``, which kopf must not take for its own and remove."""
 PEERING_NAME = "kenning"
 STOP_GRACE = 0.2
 """Seconds kopf gets to cancel its watchers and handlers before the store closes."""
@@ -53,10 +57,10 @@ def login(config: OperatorConfig) -> kopf.ConnectionInfo:
 
 
 def operator_settings(*, priority: int = 0, peering: str | None = None) -> kopf.OperatorSettings:
-    """kopf settings: Kenning's finalizer, state in annotations (status stays the run's),
+    """kopf settings: no finalizer of kopf's own, state in annotations (status stays the run's),
     Events only for handler failures."""
     settings = kopf.OperatorSettings()
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = KOPF_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kenning.dev")
     settings.persistence.diffbase_storage = RunsWithoutDiffBase(
         prefix="kenning.dev", key="last-handled-configuration")
@@ -70,17 +74,27 @@ def operator_settings(*, priority: int = 0, peering: str | None = None) -> kopf.
     return settings
 
 
+class OperatorCrashed(KenningError):
+    """One of the operator's loops died of a bug: the operator stopped (and its process
+    exits non-zero, so that Kubernetes restarts it)."""
+
+
 class KenningOperator:
     """One operator: the store, the API client, the directories, the loops and kopf."""
 
     def __init__(self, config: OperatorConfig, *, store: Store | None = None,
-                 connection: kopf.ConnectionInfo | None = None) -> None:
+                 connection: kopf.ConnectionInfo | None = None,
+                 relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
         self.config = config
         self.store = store or open_store(config.database)
         self._owns_store = store is None
-        self.connection = connection or login(config)
+        self.relogin = relogin or ((lambda: connection) if connection is not None
+                                   else (lambda: login(config)))
+        """Fresh credentials (re-read from the token file or kubeconfig): for kopf's login
+        and for the operator's own client after a 401."""
+        self.connection = connection or self.relogin()
         self.metrics = Metrics()
-        self.kube = KubeClient(self.connection)
+        self.kube = KubeClient(self.connection, relogin=self.relogin)
         self.runs = RunDirectory()
         self.pools = PoolDirectory()
         self.scaler = PoolScaler(config, self.store, self.kube, self.pools, self.metrics)
@@ -102,6 +116,15 @@ class KenningOperator:
         self._store_open = False
         self.tapped = False
         """Whether new runs start straight from kopf's watch stream (``watchhook``)."""
+        self.finalizing: set[str] = set()
+        """Uids of deleted resources whose run is being cancelled."""
+        self.background: set[asyncio.Future[None]] = set()
+        """Retries under way (held so that they are not collected)."""
+        self._kopf_stop = asyncio.Event()
+        self.supervisor = LoopSupervisor(lambda _: self._kopf_stop.set())
+        """Stops the operator when one of its loops dies of a bug (``run`` then raises)."""
+        self.sync.supervisor = self.supervisor
+        self.scaler.supervisor = self.supervisor
 
     async def run(self, *, stop_flag: asyncio.Event | threading.Event | None = None,
                   priority: int = 0, peering: str | None = None, probe_host: str = "0.0.0.0",
@@ -123,10 +146,9 @@ class KenningOperator:
         # kopf waits up to 5 s at exit for every task created after it started (the store's
         # LISTEN health check makes such tasks): on stop_flag, stop the loops and close the
         # store first, from a task kopf does not wait for, then tell kopf to stop.
-        kopf_stop: asyncio.Event | None = None
+        kopf_stop = self._kopf_stop = asyncio.Event()
         relay: asyncio.Task[None] | None = None
         if stop_flag is not None:
-            kopf_stop = asyncio.Event()
             relay = asyncio.create_task(self._relay_stop(stop_flag, kopf_stop),
                                         name="kenning-op-stop")
         try:
@@ -158,6 +180,10 @@ class KenningOperator:
                 with contextlib.suppress(asyncio.CancelledError):
                     await relay
             await self._close_store()
+        if self.supervisor.crashed is not None:
+            raise OperatorCrashed(
+                f"an operator loop died of a bug: {self.supervisor.crashed!r}; the process "
+                f"exits so that it is restarted") from self.supervisor.crashed
 
     async def _relay_stop(self, stop_flag: asyncio.Event | threading.Event,
                           kopf_stop: asyncio.Event) -> None:

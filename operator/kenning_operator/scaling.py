@@ -16,19 +16,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from kenning.core.models import Run, RunStatus
 from kenning.core.store import Store
 from kenning_operator.config import OperatorConfig
 from kenning_operator.deployment import deployment_name, worker_deployment
 from kenning_operator.directory import PoolDirectory, PoolRef
 from kenning_operator.kube import KubeClient, KubeError, resource_path
 from kenning_operator.metrics import Metrics
+from kenning_operator.outage import LoopSupervisor, Outage
 from kenning_operator.resources import API_VERSION, WorkerPoolSpec
 from kenning_operator.status import timestamp
 
 log = logging.getLogger(__name__)
 
-COUNT_LIMIT = 50_000
 TIMER_LEAD = 1.0
 """Seconds before a timer is due that its pool is woken."""
 ACTIVITY_STATUS_INTERVAL = 5.0
@@ -65,10 +64,15 @@ class PoolScaler:
         self._wake = asyncio.Event()
         self._state: dict[tuple[str, str], _PoolState] = {}
         self._task: asyncio.Task[None] | None = None
+        self._outage = Outage("pool scaler")
+        self.supervisor: LoopSupervisor | None = None
+        """Told when the loop dies of a bug (set by the operator)."""
 
     async def start(self) -> None:
         """Start the sizing loop."""
         self._task = asyncio.create_task(self._loop(), name="kenning-op-scaler")
+        if self.supervisor is not None:
+            self.supervisor.watch(self._task)
 
     async def stop(self) -> None:
         """Stop the loop (Deployments keep their size)."""
@@ -113,33 +117,21 @@ class PoolScaler:
 
     async def _loop(self) -> None:
         while True:
-            try:
-                await self.size_all()
-            except Exception as exc:
+            if not await self._outage.attempt(self.size_all):
                 self.metrics.api_errors.labels("scale").inc()
-                log.warning("sizing pools failed (retried): %s", exc)
+                continue  # waited its backoff
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             self._wake.clear()
 
     async def active_runs(self) -> Counter[tuple[str, str]]:
-        """Runnable and running runs per (namespace, pool)."""
-        runs: list[Run] = []
-        for status in (RunStatus.PENDING, RunStatus.RUNNING):
-            runs.extend(await self.store.list_runs(status=status, limit=COUNT_LIMIT))
-        now = time.time()
-        wake = await self.store.next_wake_at()
-        if wake is not None and wake <= now + TIMER_LEAD:
-            for status in (RunStatus.WAITING_FOR_TIMER, RunStatus.WAITING_FOR_EVENT):
-                runs.extend(r for r in await self.store.list_runs(status=status,
-                                                                  limit=COUNT_LIMIT)
-                            if r.wait and r.wait.wake_at is not None
-                            and r.wait.wake_at <= now + TIMER_LEAD)
+        """Runnable and running runs per (namespace, pool), and suspended ones about to
+        wake: grouped counts from the store, mapped to the pools that serve them."""
         counts: Counter[tuple[str, str]] = Counter()
-        for run in runs:
-            pool = self.pools.pool_for(run.namespace, run.workflow, run.pool)
+        for group in await self.store.count_active_runs(wake_before=time.time() + TIMER_LEAD):
+            pool = self.pools.pool_for(group.namespace, group.workflow, group.pool)
             if pool is not None:
-                counts[(pool.namespace, pool.name)] += 1
+                counts[(pool.namespace, pool.name)] += group.count
         return counts
 
     async def size_all(self) -> None:

@@ -172,3 +172,25 @@ def transition_event(phase: str, run: Run) -> tuple[str, str, str]:
     if detail:
         return "Normal", phase, f"run {run.run_id} waits for {detail['summary']}"
     return "Normal", phase, f"run {run.run_id} is {run.status.value.replace('_', ' ')}"
+
+
+def _normal(value: Any) -> Any:
+    """``value`` as it reads back from the API server: no nulls, integral floats as ints."""
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def status_digest(status: Mapping[str, Any]) -> str:
+    """A short digest of what a ``status`` says, the same for the status the operator
+    would write and for that status as the API server lists it (nulls dropped, condition
+    times left out): equal digests mean a patch would change nothing."""
+    shown = _normal(dict(status))
+    shown["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                           for c in shown.get("conditions") or () if isinstance(c, dict)]
+    text = json.dumps(shown, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

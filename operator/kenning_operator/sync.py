@@ -16,7 +16,6 @@ import contextlib
 import heapq
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +25,11 @@ from kenning.core.models import Notification, NotificationKind, Run, RunStatus
 from kenning.core.store import Store
 from kenning_operator.config import OperatorConfig
 from kenning_operator.directory import PoolDirectory, RunDirectory, RunRef
+from kenning_operator.events import EventPoster
+from kenning_operator.finalizer import add_finalizer
 from kenning_operator.kube import KubeClient, KubeError, resource_path
 from kenning_operator.metrics import Metrics
+from kenning_operator.outage import TRANSIENT, LoopSupervisor, Outage
 from kenning_operator.resources import (
     API_VERSION,
     CR_UID_LABEL,
@@ -35,19 +37,17 @@ from kenning_operator.resources import (
     RUN_ID_LABEL,
 )
 from kenning_operator.status import (
-    fingerprint,
+    Schedulable,
     label_safe,
     mirror_name,
+    status_digest,
     status_of,
-    timestamp,
     transition_event,
 )
 
 log = logging.getLogger(__name__)
 
-_UNFINISHED = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING_FOR_EVENT,
-               RunStatus.WAITING_FOR_TIMER)
-SWEEP_LIMIT = 50_000
+SWEEP_PAGE = 5_000
 MIRROR_RETRY = 60.0
 
 
@@ -64,52 +64,76 @@ class RunSync:
         self.runs = runs
         self.pools = pools
         self.metrics = metrics
+        self.events = EventPoster(kube, metrics, rate=config.event_rate)
         self._on_runnable = on_runnable
         self._on_sweep = on_sweep
         self._dirty: dict[str, float] = {}
-        self._wake = asyncio.Event()
+        """Runs to bring up to date, with when they were first marked (queued, or marked
+        again while in flight)."""
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._in_flight: set[str] = set()
+        self._next_slot = 0.0
         self._sweep_now = asyncio.Event()
         self._patched: dict[str, str] = {}
         self._posted: dict[str, str] = {}
+        self._finalizing: set[str] = set()
         self._ttl: list[tuple[float, str, str, str]] = []
         self._ttl_uids: set[str] = set()
         self._deadlines: dict[str, float] = {}
         self._mirror_retry: dict[str, float] = {}
-        self._semaphore = asyncio.Semaphore(config.patch_concurrency)
         self._tasks: list[asyncio.Task[None]] = []
+        self._sync_outage = Outage("WorkflowRun status sync")
+        self._sweep_outage = Outage("WorkflowRun catch-up sweep")
+        self.supervisor: LoopSupervisor | None = None
+        """Told when a loop dies of a bug (set by the operator)."""
         self.patches = 0
         """Status patches made so far."""
         self._unsubscribe: Callable[[], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Listen to the store and start the flusher and the sweep."""
+        """Listen to the store and start the patch workers and the sweep."""
         self._unsubscribe = self.store.subscribe(self._on_note)
-        self._tasks = [asyncio.create_task(self._flush_loop(), name="kenning-op-flush"),
-                       asyncio.create_task(self._sweep_loop(), name="kenning-op-sweep")]
+        self._tasks = [asyncio.create_task(self._worker(), name=f"kenning-op-sync-{i}")
+                       for i in range(self.config.patch_concurrency)]
+        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="kenning-op-sweep"))
+        if self.supervisor is not None:
+            for task in self._tasks:
+                self.supervisor.watch(task)
 
     async def stop(self) -> None:
         """Stop listening; pending changes are caught up by the next operator's sweep."""
         if self._unsubscribe is not None:
             self._unsubscribe()
+            self._unsubscribe = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        with contextlib.suppress(*TRANSIENT):
+            await self.events.close()
 
     # -- inputs -------------------------------------------------------------------------
     def mark(self, run_id: str) -> None:
         """Re-read this run soon and bring its resource up to date."""
-        self._dirty.setdefault(run_id, time.monotonic())
-        self._wake.set()
+        if run_id in self._dirty:
+            return  # queued already, or re-queued when its patch in flight ends
+        self._dirty[run_id] = time.monotonic()
+        if run_id not in self._in_flight:
+            self._queue.put_nowait(run_id)
 
     def mark_pending(self, namespace: str) -> None:
         """Re-check the pending runs of a namespace (a pool appeared or changed)."""
         for ref in self.runs:
             if ref.namespace == namespace and ref.phase in (None, "Pending"):
                 self.mark(ref.run_id)
+
+    @property
+    def backlog(self) -> int:
+        """Runs waiting for their resource to be brought up to date."""
+        return len(self._dirty)
 
     def resource_seen(self, ref: RunRef) -> None:
         """A resource was added or changed: note its timeout."""
@@ -127,6 +151,7 @@ class RunSync:
         self._patched.pop(ref.run_id, None)
         self._posted.pop(ref.run_id, None)
         self._deadlines.pop(ref.run_id, None)
+        self._finalizing.discard(ref.uid)
         self._ttl_uids.discard(ref.uid)
 
     def _on_note(self, note: Notification) -> None:
@@ -137,96 +162,116 @@ class RunSync:
                          NotificationKind.CANCELLED, NotificationKind.TIMER):
             self._on_runnable()
 
-    # -- flushing -----------------------------------------------------------------------
-    async def _flush_loop(self) -> None:
-        next_batch = 0.0
+    # -- patching -----------------------------------------------------------------------
+    async def _worker(self) -> None:
+        """One of ``patch_concurrency`` workers: never two on the same run at once."""
         while True:
-            await self._wake.wait()
-            pause = next_batch - time.monotonic()
-            # Over the patch budget: wait, and what changes meanwhile joins this batch.
-            # Otherwise only let the notes of this same moment join.
-            await asyncio.sleep(max(0.0, pause))
-            self._wake.clear()
-            batch, self._dirty = self._dirty, {}
-            began, patched = time.monotonic(), self.patches
-            await asyncio.gather(*(self._sync_guarded(run_id, since)
-                                   for run_id, since in batch.items()))
-            next_batch = began + (self.patches - patched) / self.config.status_patch_rate
+            run_id = await self._queue.get()
+            since = self._dirty.pop(run_id, None)
+            if since is None:
+                continue
+            self._in_flight.add(run_id)
+            try:
+                await self._sync_guarded(run_id, since)
+            finally:
+                self._in_flight.discard(run_id)
+                if run_id in self._dirty:
+                    self._queue.put_nowait(run_id)
 
     async def _sync_guarded(self, run_id: str, since: float) -> None:
-        async with self._semaphore:
-            try:
-                await self.sync_one(run_id)
-            except Exception as exc:  # the sweep retries it
-                self.metrics.api_errors.labels("status").inc()
+        try:
+            await self.sync_one(run_id)
+        except TRANSIENT as exc:
+            self.metrics.api_errors.labels("status").inc()
+            if isinstance(exc, KubeError) and exc.status not in (429, 500, 503, 504):
                 log.warning("status of run %s not updated (retried by the sweep): %s",
                             run_id, exc)
-            else:
-                self.metrics.sync_lag.observe(time.monotonic() - since)
+                return
+            delay = self._sync_outage.failed(exc)
+            asyncio.get_running_loop().call_later(delay, self.mark, run_id)
+        else:
+            self._sync_outage.succeeded()
+            self.metrics.sync_lag.observe(time.monotonic() - since)
+
+    async def _pace(self) -> None:
+        """Wait for this write's slot: at most ``status_patch_rate`` writes a second."""
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / self.config.status_patch_rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
     async def sync_one(self, run_id: str) -> None:
         """Bring the resource of ``run_id`` up to date (or create one for a run that has
-        none)."""
-        run = await self.store.get_run(run_id)
-        if run is None:
-            return
-        ref = self.runs.get(run_id)
-        if ref is None:
-            await self._mirror(run)
-            return
-        if ref.deleting:
-            return
-        schedulable = (self.pools.schedulable(ref.namespace, run.workflow, ref.pool)
-                       if run.status is RunStatus.PENDING else None)
-        mark = fingerprint(run, ref.generation, schedulable)
-        if self._patched.get(run_id) != mark:
+        none). Patches only when the status would change what the resource shows."""
+        for attempt in range(2):
+            run = await self.store.get_run(run_id)
+            if run is None:
+                return
+            ref = self.runs.get(run_id)
+            if ref is None:
+                await self._mirror(run)
+                return
+            if ref.deleting:
+                return
+            schedulable = (self.pools.schedulable(ref.namespace, run.workflow, ref.pool)
+                           if run.status is RunStatus.PENDING else None)
             status = status_of(run, generation=ref.generation, schedulable=schedulable,
                                previous_conditions=ref.conditions,
                                max_result_bytes=self.config.max_result_bytes, now=time.time())
-            path = resource_path(API_VERSION, "workflowruns", ref.namespace, ref.name, "status")
-            if await self.kube.merge_patch(path, {"status": status}) is None:
-                return  # the resource is gone
-            self.metrics.status_patches.inc()
-            self.patches += 1
-            self._patched[run_id] = mark
-            await self._post_transition(ref, run, schedulable is not None and
-                                        not schedulable.ok)
+            digest = status_digest(status)
+            if digest in (ref.status_digest, self._patched.get(run_id)):
+                break
+            waited = time.monotonic()
+            await self._pace()
+            if time.monotonic() - waited > 0.005 and attempt == 0:
+                continue  # behind: read the run again, so that what changed meanwhile joins
+            await self._patch(ref, run, status, digest, schedulable)
+            break
+        else:
+            return
         if run.status.finished:
             self._deadlines.pop(run_id, None)
             self._schedule_ttl(ref, run)
 
+    async def _patch(self, ref: RunRef, run: Run, status: dict[str, Any], digest: str,
+                     schedulable: Schedulable | None) -> None:
+        path = resource_path(API_VERSION, "workflowruns", ref.namespace, ref.name, "status")
+        writes: list[Any] = [self.kube.merge_patch(path, {"status": status})]
+        finalize = not ref.finalized and not run.status.finished \
+            and ref.uid not in self._finalizing
+        if finalize:
+            self._finalizing.add(ref.uid)
+            writes.append(add_finalizer(self.kube, ref.namespace, ref.name, ref.finalizers))
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        if finalize and results[1] is not True:
+            self._finalizing.discard(ref.uid)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        if results[0] is None:
+            return  # the resource is gone
+        self.metrics.status_patches.inc()
+        self.patches += 1
+        self._patched[run.run_id] = digest
+        await self._post_transition(ref, run, schedulable is not None and not schedulable.ok)
+
     async def _post_transition(self, ref: RunRef, run: Run, unschedulable: bool) -> None:
         phase = run.status.phase
-        if self._posted.get(run.run_id, ref.phase) == phase:
-            return
+        if unschedulable:
+            phase = "NoPoolServesWorkflow"
+        if self._posted.get(run.run_id, ref.phase or "Pending") == phase:
+            return  # no transition (a new resource is Pending: that is no news)
         self._posted[run.run_id] = phase
-        kind, reason, message = transition_event(phase, run)
+        kind, reason, message = transition_event(run.status.phase, run)
         if unschedulable:
             kind, reason = "Warning", "NoPoolServesWorkflow"
             message = self.pools.schedulable(ref.namespace, run.workflow, ref.pool).message
-        await self.post_event(ref, kind, reason, message)
+        await self.events.transition(ref, kind, reason, message)
 
     async def post_event(self, ref: RunRef, kind: str, reason: str, message: str) -> None:
         """Post a Kubernetes Event about a ``WorkflowRun`` (failures are only logged)."""
-        now = timestamp(time.time())
-        body: dict[str, Any] = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{ref.name}.{uuid.uuid4().hex[:12]}",
-                         "namespace": ref.namespace},
-            "involvedObject": {"apiVersion": API_VERSION, "kind": "WorkflowRun",
-                               "name": ref.name, "namespace": ref.namespace, "uid": ref.uid},
-            "type": kind, "reason": reason, "message": message[:1024],
-            "source": {"component": "kenning-operator"},
-            "reportingComponent": "kenning.dev/operator", "reportingInstance": "kenning-operator",
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
-        try:
-            await self.kube.create(resource_path("v1", "events", ref.namespace), body)
-            self.metrics.events_posted.inc()
-        except (TimeoutError, KubeError, OSError) as exc:
-            self.metrics.api_errors.labels("event").inc()
-            log.warning("event %s for %s/%s not posted: %s", reason, ref.namespace, ref.name,
-                        exc)
+        await self.events.post(ref, kind, reason, message)
 
     # -- runs started elsewhere ---------------------------------------------------------
     async def _mirror(self, run: Run) -> None:
@@ -264,22 +309,21 @@ class RunSync:
     async def _sweep_loop(self) -> None:
         next_catch_up = 0.0
         while True:
-            now = time.time()
             if time.monotonic() >= next_catch_up:
+                if not await self._sweep_outage.attempt(self.catch_up):
+                    continue  # waited its backoff
                 next_catch_up = time.monotonic() + self.config.sweep_interval
-                await self._guarded(self.catch_up())
-            await self._guarded(self._expire_ttls(now))
-            await self._guarded(self._enforce_timeouts(now))
+            if not await self._sweep_outage.attempt(self._due_work):
+                continue
             wait = max(0.0, min(next_catch_up - time.monotonic(), self._next_due() - time.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sweep_now.wait(), wait)
             self._sweep_now.clear()
 
-    async def _guarded(self, work: Any) -> None:
-        try:
-            await work
-        except Exception as exc:
-            log.warning("sweep step failed (retried next sweep): %s", exc)
+    async def _due_work(self) -> None:
+        now = time.time()
+        await self._expire_ttls(now)
+        await self._enforce_timeouts(now)
 
     def _next_due(self) -> float:
         dues = [self._ttl[0][0]] if self._ttl else []
@@ -287,16 +331,21 @@ class RunSync:
         return min(dues, default=float("inf"))
 
     async def catch_up(self) -> None:
-        """Mark every run whose resource shows another phase than the store."""
+        """Mark every run whose resource shows another phase than the store: all unfinished
+        runs, paged from the oldest by an index."""
         self._on_sweep()
-        unfinished: dict[str, Run] = {}
-        for status in _UNFINISHED:
-            for run in await self.store.list_runs(status=status, limit=SWEEP_LIMIT):
-                unfinished[run.run_id] = run
-        for run in unfinished.values():
-            ref = self.runs.get(run.run_id)
-            if ref is None or ref.phase != run.status.phase:
-                self.mark(run.run_id)
+        unfinished: set[str] = set()
+        after: tuple[float, str] | None = None
+        while True:
+            page = await self.store.list_unfinished_runs(after=after, limit=SWEEP_PAGE)
+            for run in page:
+                unfinished.add(run.run_id)
+                ref = self.runs.get(run.run_id)
+                if ref is None or ref.phase != run.status.phase:
+                    self.mark(run.run_id)
+            if len(page) < SWEEP_PAGE:
+                break
+            after = (page[-1].created_at, page[-1].run_id)
         for ref in self.runs:
             finished = ref.phase in FINISHED_PHASES
             lost = ref.run_id not in unfinished and not finished

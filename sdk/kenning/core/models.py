@@ -208,3 +208,13 @@ class Notification:
     kind: NotificationKind
     run_id: str | None = None
     wake_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunCount:
+    """How many runs of one workflow in one namespace (and pool) need a worker now."""
+
+    namespace: str
+    workflow: str
+    pool: str | None
+    count: int

@@ -21,6 +21,7 @@ from kenning.core.models import (
     Notification,
     OutboxEntry,
     Run,
+    RunCount,
     RunStatus,
     Step,
     Wait,
@@ -186,3 +187,14 @@ class Store(Protocol):
 
     async def count_outbox(self, *, dead: bool = False) -> int:
         """How many live (or, with ``dead``, dead) entries the outbox holds."""
+
+    # -- operator -----------------------------------------------------------------------
+    async def count_active_runs(self, *, wake_before: float) -> list[RunCount]:
+        """Runs that need a worker, grouped by (namespace, workflow, pool): pending and
+        running ones, and suspended ones due to wake before ``wake_before`` (by indexes;
+        no run is read)."""
+
+    async def list_unfinished_runs(self, *, after: tuple[float, str] | None = None,
+                                   limit: int = 1000) -> list[Run]:
+        """Unfinished runs, oldest first by (``created_at``, ``run_id``), the page after
+        ``after`` (the last run of the previous page): page through all of them."""

@@ -29,6 +29,7 @@ from kenning.core.models import (
     NotificationKind,
     OutboxEntry,
     Run,
+    RunCount,
     RunStatus,
     Step,
     StepKind,
@@ -39,6 +40,7 @@ from kenning.core.validation import validate_events, validate_new_run
 from kenning.stores import postgres_match as match_sql
 from kenning.stores import postgres_schema
 from kenning.stores import postgres_sql as sql
+from kenning.stores import run_scans as scans
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.postgres_accept import Payload, accept_batches
 from kenning.stores.postgres_errors import (
@@ -501,3 +503,20 @@ class PostgresStore(PostgresRetention):
     async def count_outbox(self, *, dead: bool = False) -> int:
         """How many live (or dead) entries."""
         return int(await self._read(lambda conn: conn.fetchval(sql.COUNT_OUTBOX, dead)))
+
+    # -- operator -----------------------------------------------------------------------
+    async def count_active_runs(self, *, wake_before: float) -> list[RunCount]:
+        """Runs that need a worker, grouped by (namespace, workflow, pool)."""
+        rows = await self._read(lambda conn: conn.fetch(scans.PG_COUNT_ACTIVE,
+                                                        float(wake_before)))
+        return scans.run_counts(rows)
+
+    async def list_unfinished_runs(self, *, after: tuple[float, str] | None = None,
+                                   limit: int = 1000) -> list[Run]:
+        """Unfinished runs, oldest first, the page after ``after``."""
+        if after is None:
+            rows = await self._read(lambda conn: conn.fetch(scans.PG_UNFINISHED_FIRST, limit))
+        else:
+            rows = await self._read(lambda conn: conn.fetch(
+                scans.PG_UNFINISHED_AFTER, limit, float(after[0]), after[1]))
+        return [run_from_row(r) for r in rows]

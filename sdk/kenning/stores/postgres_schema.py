@@ -140,6 +140,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE outbox ADD COLUMN IF NOT EXISTS dead_at double precision;
     CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (pk) WHERE dead_at IS NOT NULL;
     """,
+    # 4: operator sweeps: unfinished runs paged from the oldest
+    """
+    CREATE INDEX IF NOT EXISTS runs_unfinished_created ON runs (created_at, run_id)
+        WHERE status IN ('pending', 'running', 'waiting_for_event', 'waiting_for_timer');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

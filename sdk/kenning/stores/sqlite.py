@@ -23,6 +23,7 @@ from kenning.core.models import (
     NotificationKind,
     OutboxEntry,
     Run,
+    RunCount,
     RunStatus,
     Step,
     StepKind,
@@ -30,6 +31,7 @@ from kenning.core.models import (
 )
 from kenning.core.store import EventWaitResult, Listener
 from kenning.core.validation import validate_events, validate_new_run
+from kenning.stores import run_scans as scans
 from kenning.stores import sqlite_match, sqlite_schema
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.rows import (
@@ -525,3 +527,19 @@ class SqliteStore(SqliteRetention):
         return await self._writer.run(lambda conn, notes: int(conn.execute(
             "SELECT count(*) FROM outbox WHERE (dead_at IS NOT NULL) = ?", (dead,))
             .fetchone()[0]))
+
+    # -- operator -----------------------------------------------------------------------
+    async def count_active_runs(self, *, wake_before: float) -> list[RunCount]:
+        """Runs that need a worker, grouped by (namespace, workflow, pool)."""
+        def op(conn: Conn, notes: Notes) -> list[RunCount]:
+            return scans.run_counts(conn.execute(scans.SQLITE_COUNT_ACTIVE, (wake_before,)))
+        return await self._writer.run(op)
+
+    async def list_unfinished_runs(self, *, after: tuple[float, str] | None = None,
+                                   limit: int = 1000) -> list[Run]:
+        """Unfinished runs, oldest first, the page after ``after``."""
+        def op(conn: Conn, notes: Notes) -> list[Run]:
+            rows = conn.execute(scans.SQLITE_UNFINISHED_FIRST, (limit,)) if after is None \
+                else conn.execute(scans.SQLITE_UNFINISHED_AFTER, (after[0], after[1], limit))
+            return [run_from_row(r) for r in rows]
+        return await self._writer.run(op)

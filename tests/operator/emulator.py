@@ -12,16 +12,28 @@ before it (5 ms after a hundred requests, seconds after thousands). ``_FastDispa
 the filters about the new request alone, so a request costs the same at any point of a test
 or benchmark. For the same reason ``_KubernetesEmulator__get_obj`` looks one object up by its
 key instead of scanning them all.
+
+Where the operator's targets depend on it, it behaves like a real API server: every write
+gets a new ``resourceVersion``; a merge patch carrying a stale ``metadata.resourceVersion``,
+a delete whose ``preconditions.uid`` does not match, or a create of a name that exists get
+409; a failed JSON-patch ``test`` gets 422. Settable per test: ``latency`` (seconds added to
+each request), ``rate_limit`` (requests a second, beyond which it answers 429 with
+``Retry-After``, as API Priority and Fairness does) and ``tokens`` (bearer tokens it accepts;
+others get 401). ``answered`` counts the answers by status, ``writes`` the writes by object.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
+import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
@@ -76,6 +88,19 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
     """A Kubernetes API emulator good enough for kopf and the Kenning operator."""
 
     _counter_value: int = attrs.field(default=0, init=False)
+    latency: float = attrs.field(default=0.0, init=False)
+    """Seconds each request waits before it is served."""
+    rate_limit: float | None = attrs.field(default=None, init=False)
+    """Requests a second served (a token bucket as deep as one second); beyond: 429."""
+    retry_after: int = attrs.field(default=1, init=False)
+    """The ``Retry-After`` seconds of a 429."""
+    tokens: set[str] | None = attrs.field(default=None, init=False)
+    """Bearer tokens accepted (None: no authentication)."""
+    answered: Counter[int] = attrs.field(factory=Counter, init=False)
+    """Answers by HTTP status (429 and 401 included)."""
+    writes: Counter[tuple[str, str, str]] = attrs.field(factory=Counter, init=False)
+    """Writes (create, patch, delete) served, by (plural, name, subresource)."""
+    _bucket: list[float] = attrs.field(factory=lambda: [0.0, 0.0], init=False)
 
     def declare_kenning(self) -> None:
         """Declare what kopf and the operator use."""
@@ -135,11 +160,79 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
             return None
         return copy.deepcopy(self.objects[key].raw)
 
+    def writes_of(self, plural: str, name: str) -> Counter[str]:
+        """Writes served to one object, by subresource ('' for the object itself)."""
+        return Counter({sub: n for (p, obj, sub), n in self.writes.items()
+                        if p == plural and obj == name})
+
+    def _refusal(self, request: rendering.Request) -> aiohttp.web.StreamResponse | None:
+        if self.tokens is not None:
+            auth = request.headers.get("Authorization", "")
+            if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
+                return _status_response(401, "Unauthorized", "Unauthorized")
+        if self.rate_limit is not None and request.action != enums.action.WATCH:
+            now = time.monotonic()
+            tokens, at = self._bucket
+            tokens = min(self.rate_limit, tokens + (now - at) * self.rate_limit)
+            if tokens < 1.0:
+                self._bucket[:] = [tokens, now]
+                return _status_response(429, "TooManyRequests",
+                                        "Too many requests, please try again later.",
+                                        {"Retry-After": str(self.retry_after)})
+            self._bucket[:] = [tokens - 1.0, now]
+        return None
+
     async def _handle(self, request: rendering.Request) -> Any:
         if request.resource is not None:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            refused = self._refusal(request)
+            if refused is not None:
+                self.answered[refused.status] += 1
+                return refused
             async with self._lock:
+                conflict = self._precondition_failed(request)
+                if conflict is not None:
+                    self.answered[409] += 1
+                    return _status_response(409, "Conflict", conflict)
                 await self._fill_gaps(request)
-        return await super()._handle(request)
+        response = await super()._handle(request)
+        status = int(getattr(response, "status", 200))
+        self.answered[status] += 1
+        if request.resource is not None and status < 300 and request.action in (
+                enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
+            name = request.name or ((request.data or {}).get("metadata") or {}).get("name", "")
+            self.writes[(str(request.resource.plural), str(name),
+                         request.subresource or "")] += 1
+        return response
+
+    def _precondition_failed(self, request: rendering.Request) -> str | None:
+        """Why a real API server would answer 409 (None: it would not)."""
+        if request.action == enums.action.CREATE and isinstance(request.data, dict):
+            name = (request.data.get("metadata") or {}).get("name")
+            key = (request.resource, request.namespace, name)
+            if name and key in self.objects and not self.objects[key].deleted:
+                return f"{request.resource.plural if request.resource else ''} {name!r} " \
+                       f"already exists"
+            return None
+        if request.name is None:
+            return None
+        current = self._current(request)
+        if current is None:
+            return None
+        meta = current.get("metadata", {})
+        data = request.data
+        if request.action == enums.action.UPDATE and isinstance(data, dict):
+            wanted = (data.get("metadata") or {}).get("resourceVersion")
+            if wanted is not None and str(wanted) != str(meta.get("resourceVersion")):
+                return "the object has been modified; please apply your changes to the " \
+                       "latest version and try again"
+        if request.action == enums.action.DELETE and isinstance(data, dict):
+            uid = (data.get("preconditions") or {}).get("uid")
+            if uid is not None and uid != meta.get("uid"):
+                return f"Precondition failed: UID in precondition: {uid}, UID in object " \
+                       f"meta: {meta.get('uid')}"
+        return None
 
     async def _fill_gaps(self, request: rendering.Request) -> None:
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
@@ -195,6 +288,14 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
             data.setdefault("metadata", {})["generation"] = \
                 int(current["metadata"].get("generation", 1)) + 1
         data.setdefault("metadata", {})["resourceVersion"] = version
+
+
+def _status_response(code: int, reason: str, message: str,
+                     headers: dict[str, str] | None = None) -> aiohttp.web.Response:
+    """A Kubernetes ``Status`` answer."""
+    return aiohttp.web.json_response(
+        {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+         "code": code, "reason": reason, "message": message}, status=code, headers=headers)
 
 
 def _now() -> str:

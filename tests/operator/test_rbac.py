@@ -1,4 +1,5 @@
-"""The shipped RBAC grants what the operator uses, and nothing more."""
+"""The shipped RBAC grants what the operator uses, and nothing more; the plain file and the
+chart's template are both what ``kenning_operator.rbac`` writes from its one list."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from kmock._internal import enums
 
 from kenning.core.store import Store
 from kenning.runtime.client import Client
+from kenning_operator import rbac
 from tests.operator.conftest import Operators, Spawn, eventually
 from tests.operator.kube_helpers import POOLS, RUNS, apply, delete, get, pool_body, run_body, status
 
@@ -19,7 +21,7 @@ VERBS = {enums.action.LIST: "list", enums.action.WATCH: "watch", enums.action.FE
 
 
 def granted() -> set[tuple[str, str, str]]:
-    role = next(d for d in yaml.safe_load_all((REPO / "crds" / "rbac.yaml").read_text())
+    role = next(d for d in yaml.safe_load_all(rbac.PLAIN_FILE.read_text())
                 if d["kind"] == "ClusterRole")
     return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
@@ -54,4 +56,28 @@ async def test_rbac_covers_every_call_the_operator_makes(operators: Operators, s
     assert not missing, f"calls the RBAC does not allow: {sorted(missing)}"
     unused = {g for g in granted() if g[0] != "kopf.dev"} - used
     assert unused <= {("kenning.dev", "workflowruns", "get"),
-                      ("kenning.dev", "workerpools", "get")}, sorted(unused)
+                      ("kenning.dev", "workerpools", "get"),
+                      # checked by admission (blockOwnerDeletion), never called
+                      ("kenning.dev", "workerpools/finalizers", "update")}, sorted(unused)
+
+
+def test_rbac_files_come_from_one_source() -> None:
+    assert rbac.PLAIN_FILE.read_text() == rbac.plain_rbac(), \
+        "crds/rbac/operator.yaml is stale: run python -m kenning_operator.rbac"
+    assert rbac.CHART_FILE.read_text() == rbac.chart_rules(), \
+        "charts/kenning/templates/_rbac.tpl is stale: run python -m kenning_operator.rbac"
+    assert ("kenning.dev", "workerpools/finalizers", "update") in granted()
+
+
+def test_crds_apply_on_an_empty_cluster() -> None:
+    """``kubectl apply -f crds/`` reads only the folder's files: CRDs, nothing namespaced;
+    the RBAC file creates its namespace before anything in it, under names of its own."""
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        kinds = {d["kind"] for d in yaml.safe_load_all(path.read_text()) if d}
+        assert kinds == {"CustomResourceDefinition"}, (path.name, kinds)
+    docs = [d for d in yaml.safe_load_all(rbac.PLAIN_FILE.read_text()) if d]
+    assert docs[0]["kind"] == "Namespace"
+    namespaces = {d["metadata"].get("namespace") for d in docs} - {None}
+    assert namespaces == {docs[0]["metadata"]["name"]}
+    assert all(d["metadata"]["name"] != "kenning-operator" for d in docs), \
+        "the chart's default names would collide with helm install"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -24,8 +25,17 @@ from kenning_operator.kube import KubeError
 log = logging.getLogger(__name__)
 
 TRANSIENT: tuple[type[BaseException], ...] = (StoreUnavailable, KubeError, OSError,
-                                              TimeoutError, aiohttp.ClientError)
-"""Errors of the store or the API server that a loop waits out."""
+                                              TimeoutError, aiohttp.ClientError,
+                                              sqlite3.Error)
+"""Errors of the store or the API server that a loop waits out (the database drivers' own
+errors included: an outage can surface as one the store did not translate)."""
+try:
+    import asyncpg
+except ImportError:  # pragma: no cover - SQLite only
+    pass
+else:
+    TRANSIENT += (asyncpg.PostgresError, asyncpg.InterfaceError,
+                  asyncpg.exceptions.InternalClientError)
 
 
 def transient(exc: BaseException) -> bool:

@@ -78,8 +78,8 @@ class PoolScaler:
         """Stop the loop (Deployments keep their size)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # a loop that died of a bug was reported by the supervisor: not raised again
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
     def wake(self) -> None:

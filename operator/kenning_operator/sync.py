@@ -108,9 +108,8 @@ class RunSync:
             self._unsubscribe = None
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # a loop that died of a bug was reported by the supervisor: not raised again
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         with contextlib.suppress(*TRANSIENT):
             await self.events.close()

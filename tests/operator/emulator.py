@@ -99,8 +99,14 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
     answered: Counter[int] = attrs.field(factory=Counter, init=False)
     """Answers by HTTP status (429 and 401 included)."""
     writes: Counter[tuple[str, str, str]] = attrs.field(factory=Counter, init=False)
-    """Writes (create, patch, delete) served, by (plural, name, subresource)."""
+    """Writes served, by (plural, name, what): what is ``create``, ``patch``,
+    ``patch/status``, ``delete``."""
+    peak_in_flight: int = attrs.field(default=0, init=False)
+    """Most writes being served at once."""
+    peak_per_object: int = attrs.field(default=0, init=False)
+    """Most writes to one object's status being served at once (1: never two at a time)."""
     _bucket: list[float] = attrs.field(factory=lambda: [0.0, 0.0], init=False)
+    _in_flight: Counter[tuple[str, str]] = attrs.field(factory=Counter, init=False)
 
     def declare_kenning(self) -> None:
         """Declare what kopf and the operator use."""
@@ -161,7 +167,7 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
         return copy.deepcopy(self.objects[key].raw)
 
     def writes_of(self, plural: str, name: str) -> Counter[str]:
-        """Writes served to one object, by subresource ('' for the object itself)."""
+        """Writes served to one object, by what (``create``, ``patch``, ``patch/status``)."""
         return Counter({sub: n for (p, obj, sub), n in self.writes.items()
                         if p == plural and obj == name})
 
@@ -183,6 +189,20 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
         return None
 
     async def _handle(self, request: rendering.Request) -> Any:
+        if request.resource is None or request.action != enums.action.UPDATE:
+            return await self._handle_counted(request)
+        key = (str(request.resource.plural), f"{request.name}/{request.subresource or ''}")
+        self._in_flight[key] += 1
+        self.peak_per_object = max(self.peak_per_object, self._in_flight[key])
+        self.peak_in_flight = max(self.peak_in_flight, self._in_flight.total())
+        try:
+            return await self._handle_counted(request)
+        finally:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+
+    async def _handle_counted(self, request: rendering.Request) -> Any:
         if request.resource is not None:
             if self.latency:
                 await asyncio.sleep(self.latency)
@@ -202,8 +222,10 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
         if request.resource is not None and status < 300 and request.action in (
                 enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
             name = request.name or ((request.data or {}).get("metadata") or {}).get("name", "")
-            self.writes[(str(request.resource.plural), str(name),
-                         request.subresource or "")] += 1
+            verb = {enums.action.CREATE: "create", enums.action.UPDATE: "patch",
+                    enums.action.DELETE: "delete"}[request.action]
+            sub = f"/{request.subresource}" if request.subresource else ""
+            self.writes[(str(request.resource.plural), str(name), verb + sub)] += 1
         return response
 
     def _precondition_failed(self, request: rendering.Request) -> str | None:

@@ -12,10 +12,17 @@ What it measures (see bench/OPERATOR.md for the figures and caveats):
 (b) completion -> ``Completed``: this process plays the worker (claims the run, waits for the
     ``Running`` status, finishes the run in the store); from the commit of the finish until
     the API server receives the status patch that says ``Completed``.
-(c) memory: the operator process's VmRSS (``/proc/PID/status``) before any resource, and once
-    it holds ``--resources`` WorkflowRuns (each with its run in the store, status ``Pending``).
-    Then every one of those runs is finished at once (the operator falls behind) and the API
-    calls it makes per run are counted.
+    Also: created -> ``status.phase`` (``Pending``) as the emulator receives the patch, and
+    the writes per run the emulator served (finalizer, status patches, Events, 409/422).
+(c) backlog and memory: ``--resources`` WorkflowRuns created at once; the time until all have
+    their run started and their ``Pending`` status; the operator process's VmRSS
+    (``/proc/PID/status``) before and holding them. Then every one of those runs is finished
+    at once (the operator falls behind) and the API calls it makes per run are counted.
+(d) restart: the operator stopped (SIGTERM, then SIGKILL) and started again over all those
+    resources; the status patches the new one makes (nothing differs: ideally none).
+(e) recovery: the bearer token rotated (the API server answers 401 until the operator reads
+    the new one from its kubeconfig), and a rate limit answering 429 with ``Retry-After``
+    while runs are created: how long until runs show their phase again, and the 401/429 seen.
 
 The API server is kmock's emulator (``tests/operator/emulator.py``) in this process, NOT a
 real kube-apiserver: no etcd, no admission, no authentication, no watch cache; its own speed
@@ -72,7 +79,8 @@ class Recorder:
     def see(self, request: rendering.Request) -> None:
         if request.resource is None:
             return
-        self.last_call = time.perf_counter()
+        if request.action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
+            self.last_call = time.perf_counter()  # quiet: no writes (reads go on, the scaler)
         action = request.action.name.lower() if request.action else "other"
         sub = f"/{request.subresource}" if request.subresource else ""
         self.calls[f"{action} {request.resource.plural}{sub}"] += 1
@@ -123,6 +131,16 @@ def summary_ms(values: list[float]) -> dict[str, float]:
             "max_ms": round(max(ms), 2)}
 
 
+def kubeconfig_text(server: str, token: str) -> str:
+    """A kubeconfig for the emulator with a bearer token."""
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": server}}],
+        "users": [{"name": "bench", "user": {"token": token}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "bench",
+                                                  "namespace": "default"}}]})
+
+
 def run_body(name: str) -> dict[str, Any]:
     return {"apiVersion": "kenning.dev/v1alpha1", "kind": "WorkflowRun",
             "metadata": {"name": name, "namespace": "default"},
@@ -142,6 +160,8 @@ class Bench:
         self.runnable: dict[str, float] = {}
         self.waiters: dict[str, asyncio.Future[float]] = {}
         self.results: dict[str, Any] = {}
+        self.token = "token-1"
+        api.tokens = {self.token}
 
     # -- plumbing ---------------------------------------------------------------------------
     def _on_note(self, note: Notification) -> None:
@@ -154,24 +174,24 @@ class Bench:
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         assert self.http is not None
-        async with self.http.post(str(self.api.url) + path, json=body) as resp:
-            data: dict[str, Any] = await resp.json()
-            if resp.status >= 300:
-                raise RuntimeError(f"POST {path}: {resp.status} {data}")
-            return data
+        while True:  # as kubectl: a 429 is retried after its Retry-After
+            async with self.http.post(str(self.api.url) + path, json=body, headers={
+                    "Authorization": f"Bearer {self.token}"}) as resp:
+                data: dict[str, Any] = await resp.json()
+                if resp.status == 429:
+                    await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                    continue
+                if resp.status >= 300:
+                    raise RuntimeError(f"POST {path}: {resp.status} {data}")
+                return data
 
     async def start_operator(self) -> None:
         kubeconfig = self.workdir / "kubeconfig"
-        kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": str(self.api.url)}}],
-            "users": [{"name": "bench", "user": {}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "bench",
-                                                      "namespace": "default"}}]}))
+        kubeconfig.write_text(kubeconfig_text(str(self.api.url), self.token))
         probe = _free_port()
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
         self.log_path = self.workdir / "operator.log"
-        log = self.log_path.open("wb")
+        log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kenning.runtime.cli", "operator", "--database", self.dsn,
             "--probe-host", "127.0.0.1", "--probe-port", str(probe), env=env, cwd=str(REPO),
@@ -189,8 +209,12 @@ class Bench:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # the watch streams subscribe just after their requests
 
-    async def stop_operator(self) -> None:
+    async def stop_operator(self, kill: bool = False) -> None:
         if self.proc is not None and self.proc.returncode is None:
+            if kill:
+                self.proc.kill()
+                await self.proc.wait()
+                return
             self.proc.terminate()
             try:
                 async with asyncio.timeout(20):
@@ -200,7 +224,7 @@ class Bench:
                 await self.proc.wait()
 
     async def wait_quiet(self, seconds: float, bound: float = 120.0) -> None:
-        """Until the operator made no API call for ``seconds`` (bounded)."""
+        """Until the API server saw no write for ``seconds`` (bounded)."""
         deadline = time.perf_counter() + bound
         while time.perf_counter() - RECORDER.last_call < seconds:
             if time.perf_counter() > deadline:
@@ -218,9 +242,12 @@ class Bench:
     # -- the measurements -------------------------------------------------------------------
     async def create_to_started(self, count: int) -> tuple[list[str], list[str]]:
         latencies: list[float] = []
+        phased: list[float] = []
         posts: list[float] = []
         reacted: list[float] = []
         names, run_ids = [], []
+        writes_before = self.api.writes.copy()
+        answered_before = self.api.answered.copy()
         loop = asyncio.get_running_loop()
         for i in range(count):
             name = f"lat-{i}"
@@ -241,9 +268,13 @@ class Bench:
             reacted.append(run.created_at - wall0)
             names.append(name)
             run_ids.append(run_id)
-            await self.wait_phase(name, "Pending")
+            phased.append(await self.wait_phase(name, "Pending") - t0)
             await asyncio.sleep(self.args.gap)  # the operator idle again
+        await self.wait_quiet(1.0)
         self.results["create_to_run_started"] = summary_ms(latencies)
+        self.results["create_to_phase"] = summary_ms(phased)
+        self.results["writes_per_run_paced"] = writes_per_run(
+            self.api.writes - writes_before, names, self.api.answered - answered_before)
         self.results["create_to_run_started_parts"] = {
             "post_returned_p50_ms": summary_ms(posts)["p50_ms"],
             "operator_began_write_p50_ms": summary_ms(reacted)["p50_ms"]}
@@ -269,6 +300,63 @@ class Bench:
         self.results["calls_per_run_one_at_a_time"] = per_run(
             RECORDER.calls - calls_before, len(names), creates=len(names))
 
+    async def recovery(self, count: int = 50) -> None:
+        """401 after a token rotation, and 429 with Retry-After under a rate limit."""
+        # The token rotates: the old one is refused at once; the new one is in the
+        # kubeconfig the operator logged in with (as a projected token file would be).
+        unauthorized = self.api.answered[401]
+        self.token = "token-2"
+        self.api.tokens = {self.token}
+        (self.workdir / "kubeconfig").write_text(kubeconfig_text(str(self.api.url),
+                                                                 self.token))
+        began = time.perf_counter()
+        await self.post(RUNS_PATH, run_body("rotated-0"))
+        phased = await self.wait_phase("rotated-0", "Pending", bound=60) - began
+        self.results["recovery_401"] = {
+            "refused_401": self.api.answered[401] - unauthorized,
+            "refused_401_by_client": {a: n for (code, a), n in self.api.refused_by.items()
+                                      if code == 401},
+            "create_to_phase_after_rotation_ms": round(phased * 1000, 1)}
+
+        # API Priority and Fairness: 429 with Retry-After beyond a rate.
+        limited = self.api.answered[429]
+        self.api.rate_limit = self.args.rate_limit
+        self.api.retry_after = 1
+        self.api._bucket[:] = [0.0, time.monotonic()]
+        began = time.perf_counter()
+        names = [f"limited-{i}" for i in range(count)]
+        await asyncio.gather(*(self.post(RUNS_PATH, run_body(n)) for n in names))
+        await asyncio.gather(*(self.wait_phase(n, "Pending", bound=120) for n in names))
+        took = time.perf_counter() - began
+        self.api.rate_limit = None
+        self.results["recovery_429"] = {
+            "rate_limit_per_s": self.args.rate_limit, "runs": count,
+            "refused_429": self.api.answered[429] - limited,
+            "refused_429_by_client": {a: n for (code, a), n in self.api.refused_by.items()
+                                      if code == 429},
+            "all_pending_in_s": round(took, 2)}
+        await self.wait_quiet(1.0)
+
+    async def restart(self) -> None:
+        """Stop the operator (SIGTERM, then SIGKILL) and count what the next one writes."""
+        out: dict[str, Any] = {}
+        for how in ("sigterm", "sigkill"):
+            await self.stop_operator(kill=how == "sigkill")
+            before = self.api.writes.copy()
+            began = time.perf_counter()
+            await self.start_operator()
+            await self.wait_quiet(3.0, bound=300)
+            writes = self.api.writes - before
+            out[how] = {
+                "status_patches": sum(v for (p, _, w), v in writes.items()
+                                      if p == "workflowruns" and w == "patch/status"),
+                "other_run_writes": sum(v for (p, _, w), v in writes.items()
+                                        if p == "workflowruns" and w != "patch/status"),
+                "events": sum(v for (p, _, _), v in writes.items() if p == "events"),
+                "ready_and_quiet_in_s": round(time.perf_counter() - began, 1),
+                "rss_mb": round(rss_mb(self.proc.pid)["VmRSS"], 1) if self.proc else None}
+        self.results["restart"] = out
+
     async def memory(self, resources: int) -> None:
         assert self.proc is not None
         await self.wait_quiet(2.0)
@@ -277,9 +365,12 @@ class Bench:
         started = time.perf_counter()
         semaphore = asyncio.Semaphore(32)
 
+        mem_run_ids: list[str] = []
+
         async def create(i: int) -> None:
             async with semaphore:
-                await self.post(RUNS_PATH, run_body(f"mem-{i:05d}"))
+                cr = await self.post(RUNS_PATH, run_body(f"mem-{i:05d}"))
+                mem_run_ids.append(f"mem-{i:05d}-{cr['metadata']['uid'].replace('-', '')[:12]}")
 
         await asyncio.gather(*(create(i) for i in range(resources)))
         created = time.perf_counter() - started
@@ -290,6 +381,8 @@ class Bench:
                 raise RuntimeError("not every resource got its Pending status in time")
             await asyncio.sleep(0.2)
         all_pending = time.perf_counter() - started
+        started_in_store = max(self.runnable.get(r, float("inf")) for r in mem_run_ids) \
+            - started
         await self.wait_quiet(3.0)
         runs_in_store = len(await self.store.list_runs(status=RunStatus.PENDING,
                                                        limit=resources * 2))
@@ -299,7 +392,9 @@ class Bench:
             "resources": resources, "pending_runs_in_store": runs_in_store,
             "baseline_rss_mb": round(baseline["VmRSS"], 1),
             "rss_mb": round(holding["VmRSS"], 1), "peak_rss_mb": round(holding["VmHWM"], 1),
-            "posted_in_s": round(created, 1), "all_pending_in_s": round(all_pending, 1)}
+            "posted_in_s": round(created, 1), "all_pending_in_s": round(all_pending, 1),
+            "all_started_in_store_in_s": round(started_in_store, 1),
+            "pending_after_last_post_s": round(all_pending - created, 1)}
         self.results["calls_per_run_creating"] = per_run(RECORDER.calls - calls_before,
                                                          resources, creates=resources)
 
@@ -331,6 +426,24 @@ class Bench:
             RECORDER.calls - calls_before, resources, creates=0)
 
 
+def writes_per_run(writes: Counter[tuple[str, str, str]], names: list[str],
+                   answered: Counter[int]) -> dict[str, float]:
+    """What the emulator served per run: writes of the resource (its create aside), Events,
+    and refusals."""
+    wanted = set(names)
+    out: Counter[str] = Counter()
+    for (plural, name, what), n in writes.items():
+        if plural == "workflowruns" and name in wanted and what != "create":
+            out[what] += n
+        elif plural == "events":
+            out["event"] += n
+    runs = len(names)
+    result = {k: round(v / runs, 2) for k, v in sorted(out.items())}
+    result["total"] = round(sum(out.values()) / runs, 2)
+    result["refused_409_422_per_run"] = round((answered[409] + answered[422]) / runs, 3)
+    return result
+
+
 def per_run(calls: Counter[str], runs: int, *, creates: int) -> dict[str, float]:
     """The operator's API calls per run (the bench's own creates taken out)."""
     calls = Counter(calls)
@@ -350,6 +463,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     try:
         async with BenchEmulator() as api, kmock.Server(api):
             api.declare_kenning()
+            api.latency = args.latency
             store = open_store(dsn)
             await store.open()
             bench = Bench(args, api, store, dsn, workdir)
@@ -370,8 +484,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     await bench.wait_quiet(1.0)
                     names, run_ids = await bench.create_to_started(args.creates)
                     await bench.completion_to_completed(names, run_ids)
+                    await bench.recovery()
                     if args.resources:
                         await bench.memory(args.resources)
+                        await bench.restart()
                     bench.results["operator_log_tail"] = \
                         bench.log_path.read_text()[-1500:].splitlines()[-8:]
             finally:
@@ -397,6 +513,10 @@ def cli() -> None:
                         help="seconds to wait before reading the RSS with all resources")
     parser.add_argument("--bound", type=float, default=900.0,
                         help="upper bound in seconds of each bulk phase")
+    parser.add_argument("--rate-limit", type=float, default=50.0,
+                        help="requests/s of the emulator during the 429 phase")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds the emulator adds to each request")
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args()
     results = asyncio.run(main(args))

@@ -228,12 +228,18 @@ def build_registry(op: KenningOperator) -> kopf.OperatorRegistry:
     def _pool_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         meta = body.get("metadata", {})
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        before = op.pools.get(namespace, name)
         if type == "DELETED":
             op.pools.remove(namespace, name)
             op.scaler.forget(namespace, name)
+            changed = True
         else:
-            op.pools.update(body)
-        op.sync.mark_pending(namespace)
+            after = op.pools.update(body)
+            # Only what a pool serves decides whether a pending run is schedulable: its own
+            # status patches (replicas, activity) re-check nothing.
+            changed = before is None or (before.spec, before.error) != (after.spec, after.error)
+        if changed:
+            op.sync.mark_pending(namespace)
         op.scaler.wake()
 
     @kopf.on.resume(*POOLS, registry=registry)

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from kenning import __version__
 from kenning.core.errors import KenningError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 Body = dict[str, Any]
 Login = Callable[[], kopf.ConnectionInfo]
 
+USER_AGENT = f"kenning-operator/{__version__}"
 RETRY_STATUSES = (429, 503)
 MAX_RETRY_AFTER = 30.0
 """The longest ``Retry-After`` honoured as given (seconds); longer ones are capped."""
@@ -119,7 +121,8 @@ class KubeClient:
 
     def _use(self, info: kopf.ConnectionInfo) -> None:
         self.server = info.server.rstrip("/")
-        self._headers = {"Accept": "application/json", **info.as_http_headers()}
+        self._headers = {"Accept": "application/json", "User-Agent": USER_AGENT,
+                         **info.as_http_headers()}
         self._ssl = _ssl_context(info)
 
     async def __aenter__(self) -> KubeClient:

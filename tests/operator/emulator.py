@@ -98,6 +98,8 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
     """Bearer tokens accepted (None: no authentication)."""
     answered: Counter[int] = attrs.field(factory=Counter, init=False)
     """Answers by HTTP status (429 and 401 included)."""
+    refused_by: Counter[tuple[int, str]] = attrs.field(factory=Counter, init=False)
+    """401 and 429 answers by (status, client): the User-Agent's product name."""
     writes: Counter[tuple[str, str, str]] = attrs.field(factory=Counter, init=False)
     """Writes served, by (plural, name, what): what is ``create``, ``patch``,
     ``patch/status``, ``delete``."""
@@ -209,6 +211,8 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
             refused = self._refusal(request)
             if refused is not None:
                 self.answered[refused.status] += 1
+                agent = request.headers.get("User-Agent", "").split("/")[0]
+                self.refused_by[(refused.status, agent)] += 1
                 return refused
             async with self._lock:
                 conflict = self._precondition_failed(request)

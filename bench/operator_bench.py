@@ -119,6 +119,12 @@ def rss_mb(pid: int) -> dict[str, float]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -185,7 +191,7 @@ class Bench:
                     raise RuntimeError(f"POST {path}: {resp.status} {data}")
                 return data
 
-    async def start_operator(self) -> None:
+    async def start_operator(self, settle: float = 1.0) -> None:
         kubeconfig = self.workdir / "kubeconfig"
         kubeconfig.write_text(kubeconfig_text(str(self.api.url), self.token))
         probe = _free_port()
@@ -207,7 +213,7 @@ class Bench:
                     if resp.status == 200:
                         break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)  # the watch streams subscribe just after their requests
+        await asyncio.sleep(settle)  # the watch streams subscribe just after their requests
 
     async def stop_operator(self, kill: bool = False) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -362,6 +368,9 @@ class Bench:
         await self.wait_quiet(2.0)
         baseline = rss_mb(self.proc.pid)
         calls_before = RECORDER.calls.copy()
+        stopped = self.args.backlog == "stopped"
+        if stopped:  # the backlog waits for an operator that is not running yet
+            await self.stop_operator()
         started = time.perf_counter()
         semaphore = asyncio.Semaphore(32)
 
@@ -374,6 +383,11 @@ class Bench:
 
         await asyncio.gather(*(create(i) for i in range(resources)))
         created = time.perf_counter() - started
+        if stopped:
+            started = time.perf_counter()
+            await self.start_operator(settle=0.0)
+        assert self.proc is not None
+        cpu_before = cpu_seconds(self.proc.pid)
         deadline = time.perf_counter() + self.args.bound
         while sum(1 for (name, phase) in RECORDER.phase_at
                   if phase == "Pending" and name.startswith("mem-")) < resources:
@@ -381,6 +395,7 @@ class Bench:
                 raise RuntimeError("not every resource got its Pending status in time")
             await asyncio.sleep(0.2)
         all_pending = time.perf_counter() - started
+        cpu = cpu_seconds(self.proc.pid) - cpu_before
         started_in_store = max(self.runnable.get(r, float("inf")) for r in mem_run_ids) \
             - started
         await self.wait_quiet(3.0)
@@ -394,7 +409,11 @@ class Bench:
             "rss_mb": round(holding["VmRSS"], 1), "peak_rss_mb": round(holding["VmHWM"], 1),
             "posted_in_s": round(created, 1), "all_pending_in_s": round(all_pending, 1),
             "all_started_in_store_in_s": round(started_in_store, 1),
-            "pending_after_last_post_s": round(all_pending - created, 1)}
+            "backlog": self.args.backlog,
+            "operator_cpu_s_until_all_pending": round(cpu, 1),
+            "operator_cpu_ms_per_run": round(cpu * 1000 / resources, 2)}
+        if not stopped:
+            self.results["memory"]["pending_after_last_post_s"] = round(all_pending - created, 1)
         self.results["calls_per_run_creating"] = per_run(RECORDER.calls - calls_before,
                                                          resources, creates=resources)
 
@@ -513,6 +532,9 @@ def cli() -> None:
                         help="seconds to wait before reading the RSS with all resources")
     parser.add_argument("--bound", type=float, default=900.0,
                         help="upper bound in seconds of each bulk phase")
+    parser.add_argument("--backlog", choices=("live", "stopped"), default="live",
+                        help="create the --resources while the operator runs (live), or "
+                             "while it is stopped and then start it (stopped)")
     parser.add_argument("--rate-limit", type=float, default=50.0,
                         help="requests/s of the emulator during the 429 phase")
     parser.add_argument("--latency", type=float, default=0.0,

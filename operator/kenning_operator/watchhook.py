@@ -17,6 +17,7 @@ and the highest kopf of that range).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -91,19 +92,19 @@ def _wrap_once() -> str | None:
                              **kwargs: Any) -> AsyncIterator[Any]:
         stream = original(settings=settings, resource=resource, **kwargs)
         tap = _HOOKS.get(id(settings))
-        if tap is None or (getattr(resource, "group", None), getattr(resource, "plural", None)) \
-                != tap[:2]:
+        hook = tap[2] if tap is not None and tap[:2] == (
+            getattr(resource, "group", None), getattr(resource, "plural", None)) else None
+        # Closed with the wrapper, in its task (not later by the loop's shutdown hooks).
+        async with contextlib.aclosing(stream):
             async for event in stream:
+                if hook is not None and isinstance(event, dict) \
+                        and isinstance(event.get("object"), dict):
+                    try:
+                        hook(event)
+                    except Exception:  # never break kopf's stream
+                        log.exception("watch hook failed on an event; kopf's handlers "
+                                      "still run")
                 yield event
-            return
-        hook = tap[2]
-        async for event in stream:
-            if isinstance(event, dict) and isinstance(event.get("object"), dict):
-                try:
-                    hook(event)
-                except Exception:  # never break kopf's stream
-                    log.exception("watch hook failed on an event; kopf's handlers still run")
-            yield event
 
     infinite_watch._kenning_tap = True  # type: ignore[attr-defined]
     watching.infinite_watch = infinite_watch

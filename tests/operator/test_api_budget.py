@@ -1,6 +1,6 @@
 """What the operator spends of the API server per run: runs start straight from the watch
-stream, kopf writes only its finalizer on a run, spec changes reach the status, bad specs get
-a Warning, and a busy operator coalesces phases instead of patching each one."""
+stream, the only object patch of a run is its finalizer, spec changes reach the status, bad
+specs get a Warning, and a busy operator coalesces phases instead of patching each one."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ async def test_a_run_costs_one_finalizer_patch_and_its_status(operators: Operato
     annotations = obj["metadata"].get("annotations") or {}
     assert not [k for k in annotations if k.startswith("kenning.dev")], annotations
     object_patches = [w for w in writes(api, "lean") if w == ("update", "")]
-    assert len(object_patches) == 1, object_patches  # kopf's finalizer, nothing else
+    assert len(object_patches) == 1, object_patches  # the finalizer, nothing else
     status_patches = [w for w in writes(api, "lean") if w == ("update", "status")]
     assert 1 <= len(status_patches) <= 3, status_patches  # Pending, Running, Completed
     assert op.metrics.runs_started._value.get() == 1

@@ -105,11 +105,13 @@ async def test_lease_running_out_abandons_and_the_run_resumes(
     assert outcome is Outcome.ABANDONED
     assert any("has run out" in r.getMessage() and "r-outage" in r.getMessage()
                for r in caplog.records if r.levelno == logging.WARNING)
-    async with asyncio.timeout(30):
-        while not (claimed := await pg.claim_runs("w2", limit=1, lease_seconds=30)):
-            await asyncio.sleep(0.2)
-    outcome = await RunExecution(pg, one_step, claimed[0], pg.clock).execute()
-    assert outcome is Outcome.COMPLETED
+    outcomes = []
+    async with asyncio.timeout(30):  # the next owner counts the lost attempt, then retries
+        while Outcome.COMPLETED not in outcomes:
+            for claimed in await pg.claim_runs("w2", limit=1, lease_seconds=30):
+                outcomes.append(await RunExecution(pg, one_step, claimed, pg.clock).execute())
+            await asyncio.sleep(0.1)
+    assert outcomes == [Outcome.SUSPENDED, Outcome.COMPLETED]
     assert CALLS == ["a", "a"], "at least once: the step was lost with the lease"
 
 

@@ -79,6 +79,11 @@ class ActivityError(KenningError):
         self.attempts = attempts
 
 
+class WorkerLost(KenningError):
+    """The worker running a run was lost (killed, crashed or hung) during an activity
+    attempt or outside any; the message says which and how often."""
+
+
 class RunFailed(KenningError):
     """The run ended with an error; ``error`` holds what the workflow raised."""
 

@@ -24,6 +24,7 @@ from kenning.core.errors import (
     NonDeterminismError,
     StepInActivityError,
     TerminalError,
+    WorkerLost,
 )
 from kenning.core.models import (
     ClaimedRun,
@@ -34,7 +35,15 @@ from kenning.core.models import (
     Wait,
     WaitKind,
 )
+from kenning.core.recovery import (
+    DEFAULT_MAX_RECOVERIES,
+    AttemptLog,
+    poison_error,
+    recovery_pause,
+    worker_lost_during,
+)
 from kenning.core.store import EventWaitResult, Store
+from kenning.core.validation import MAX_RESULT_BYTES, check_size
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,7 @@ class RunExecution:
         clock: Callable[[], float],
         *,
         lease_expiry: Callable[[], float | None] | None = None,
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     ) -> None:
         self.store = store
         self.definition = definition
@@ -86,14 +96,28 @@ class RunExecution:
         self._unwinding: type[Suspended | Abandoned] | None = None
         self._unwound_at = 0
         self._swallow_reported = False
+        self.max_recoveries = max_recoveries
+        self.attempts = AttemptLog(self.committer, self.run.activity_attempts,
+                                   self.history.__contains__)
 
     # -- the run ------------------------------------------------------------------------
     async def execute(self) -> Outcome:
         """Run the workflow function to its end or its next wait."""
         ctx = WorkflowContext(self)
+        recoveries = self.run.recoveries
+        if recoveries > self.max_recoveries:
+            return await self._fail(poison_error(self.run.run_id, recoveries,
+                                                 self.max_recoveries))
+        if recoveries:
+            pause = recovery_pause(recoveries)
+            log.warning("run %s: its previous worker was lost (%d time(s) in a row, at most %d "
+                        "recoveries); resuming it in %.1f s", self.run.run_id, recoveries,
+                        self.max_recoveries, pause)
+            await asyncio.sleep(pause)
         try:
             value = await self.run_code(ctx)
-            result = codec.dumps(codec.to_jsonable(value))
+            result = check_size("result", codec.dumps(codec.to_jsonable(value)),
+                                MAX_RESULT_BYTES)
         except Suspended:
             return Outcome.SUSPENDED
         except Abandoned:
@@ -145,7 +169,7 @@ class RunExecution:
 
     async def _fail(self, exc: Exception) -> Outcome:
         error = f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, NonDeterminismError | ActivityError):
+        if not isinstance(exc, NonDeterminismError | ActivityError | WorkerLost):
             log.info("run %s failed: %s", self.run.run_id, "".join(
                 traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)))
         steps = self._take_pending()
@@ -278,23 +302,38 @@ class RunExecution:
         retry_wait = self.wait_at(seq, WaitKind.RETRY)
         if retry_wait is not None and (retry_wait.wake_at or 0) > self.clock():
             await self.suspend(retry_wait)
-        attempt = retry_wait.attempt + 1 if retry_wait else 1
+        ended = retry_wait.attempt if retry_wait else 0
+        lost = self.attempts.lost_attempt(seq, ended)
+        if lost is not None:  # a worker died during that attempt: it counts as failed
+            self.attempts.ended(seq)
+            await self._activity_failed(defn, seq, lost,
+                                        worker_lost_during(lost, defn.retry.max_attempts))
+            raise AssertionError("unreachable")
+        attempt = ended + 1
+        await self.attempts.started(seq, attempt)
         actx = WorkflowContext(self, activity_seq=seq, attempt=attempt)
         inside = current_activity.set(defn.name)
         try:
             coro = defn.fn(actx, *args, **kwargs)
             value = await (asyncio.wait_for(coro, defn.timeout) if defn.timeout else coro)
+            text = codec.dumps(codec.to_jsonable(value))
+            if len(text) > MAX_RESULT_BYTES // 4:  # cheap first: most results are small
+                try:
+                    check_size(f"activity '{defn.name}' result", text, MAX_RESULT_BYTES)
+                except Exception as exc:
+                    raise TerminalError(str(exc)) from None
         except Exception as exc:
+            self.attempts.ended(seq)
             if self.fatal is not None:  # misuse inside the activity: no retry, the run fails
                 raise self.fatal from None
             await self._activity_failed(defn, seq, attempt, exc)
             raise AssertionError("unreachable") from None
         finally:
             current_activity.reset(inside)
+        self.attempts.ended(seq)
         if self.fatal is not None:
             raise self.fatal
-        step = Step(seq, StepKind.ACTIVITY, defn.name, codec.dumps(codec.to_jsonable(value)),
-                    self.clock())
+        step = Step(seq, StepKind.ACTIVITY, defn.name, text, self.clock())
         await self.commit(step)
         return self._activity_outcome(defn, step)
 

@@ -90,6 +90,10 @@ class Run:
     wait: Wait | None = None
     pool: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # activity attempts started and not known to have ended, by history position
+    activity_attempts: dict[int, int] = field(default_factory=dict)
+    # claims since the run last made progress that found its previous worker lost
+    recoveries: int = 0
 
 
 @dataclass(frozen=True, slots=True)

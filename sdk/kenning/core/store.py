@@ -8,7 +8,7 @@ cancelled) the write changes nothing and raises ``LeaseLost``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,6 +99,10 @@ class Store(Protocol):
     ) -> list[ClaimedRun]:
         """Take up to ``limit`` runnable runs: pending, due, or with an expired lease.
 
+        Taking a run whose lease expired (or, with ``reclaim_own``, a run still leased)
+        counts one more in its ``recoveries``; every fenced write that moves the run on
+        (steps, waits, the end, a release) sets it back to 0.
+
         ``reclaim_own`` also takes runs leased to ``worker_id`` itself: a restarted process
         with the same worker id picks its unfinished runs up without waiting for expiry."""
 
@@ -106,6 +110,11 @@ class Store(Protocol):
         self, worker_id: str, run_ids: Sequence[str], lease_seconds: float
     ) -> None:
         """Push the lease expiry of the runs this worker still holds."""
+
+    async def record_attempts(self, lease: Lease, attempts: Mapping[int, int]) -> None:
+        """Record, fenced, which activity attempts have started ({seq: attempt}), before
+        they run: a worker lost during one counts it against ``max_attempts``. Replaces the
+        run's ``activity_attempts``; does not count as progress for ``recoveries``."""
 
     async def release_run(self, lease: Lease) -> None:
         """Give a held run back as pending (worker shutting down)."""

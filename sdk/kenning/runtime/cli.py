@@ -137,6 +137,11 @@ def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str
 @_worker_id_option
 @click.option("--max-runs", type=click.IntRange(min=1), default=WorkerOptions.max_runs,
               show_default=True, help="Most runs held at once.")
+@click.option("--max-recoveries", type=click.IntRange(min=0),
+              default=WorkerOptions.max_recoveries, envvar=config.ENV_MAX_RECOVERIES,
+              show_envvar=True, show_default=True,
+              help="Recovery attempts for a run whose worker keeps getting lost while "
+                   "running it (a crash or hang in its code) before the run is failed.")
 @click.option("--event-target", envvar=list(config.ENV_EVENT_TARGET), default=None,
               show_envvar=True,
               help="URL that events sent by workflows are POSTed to (a Knative broker). "
@@ -148,14 +153,15 @@ def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str
 @click.option("--probe-host", envvar=config.ENV_PROBE_HOST, default=config.DEFAULT_PROBE_HOST,
               show_default=True, show_envvar=True, help="Interface of the probe server.")
 def worker(module_or_file: str, database: str, worker_id: str | None, max_runs: int,
-           event_target: str | None, probe_port: int | None, probe_host: str) -> None:
+           max_recoveries: int, event_target: str | None, probe_port: int | None,
+           probe_host: str) -> None:
     """Run a worker (and the outbox dispatcher) for a module's workflows; no sink.
 
     Stops gracefully on SIGTERM or SIGINT: held runs are handed back for another worker.
     Store outages are ridden out; a loop that dies of a bug exits 1, so that it is restarted.
     """
     workflows = load_workflows(module_or_file)
-    options = WorkerOptions(max_runs=max_runs)
+    options = WorkerOptions(max_runs=max_runs, max_recoveries=max_recoveries)
 
     async def go() -> None:
         # "" keeps App from falling back to $K_SINK when neither variable named it.

@@ -19,6 +19,7 @@ from kenning.core.errors import LoopFailed, StoreUnavailable
 from kenning.core.execution import Outcome, RunExecution
 from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind, RunStatus
 from kenning.core.outage import Outage
+from kenning.core.recovery import DEFAULT_MAX_RECOVERIES
 from kenning.core.store import Store
 from kenning.runtime.retention import purge_finished_runs
 from kenning.runtime.watchdog import LoopWatchdog
@@ -43,6 +44,8 @@ class WorkerOptions:
     # reported with its stack (None: no watchdog); fail_deadlocked_runs also fails the run
     deadlock_threshold: float | None = 2.0
     fail_deadlocked_runs: bool = False
+    # a run whose worker got lost this many times in a row (outside its progress) fails
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES
 
 
 class Worker:
@@ -222,7 +225,8 @@ class Worker:
         try:
             definition = self.registry.get(claimed.run.workflow)
             execution = RunExecution(self._run_store, definition, claimed, self.store.clock,
-                                     lease_expiry=lambda: self._renewed_until)
+                                     lease_expiry=lambda: self._renewed_until,
+                                     max_recoveries=self.options.max_recoveries)
             outcome = await execution.execute()
             dropped = outcome is Outcome.ABANDONED
             if outcome is Outcome.SUSPENDED and execution.suspended_until is not None:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -54,6 +54,7 @@ from kenning.stores.postgres_retention import PostgresRetention
 from kenning.stores.postgres_writer import CHANNEL, GroupCommitWriter, MergedOperation
 from kenning.stores.rows import (
     DEFAULT_FINISHED_RETENTION,
+    attempts_to_text,
     first_created,
     lease_lost,
     outbox_from_row,
@@ -347,6 +348,15 @@ class PostgresStore(PostgresRetention):
         if namespace is None:
             raise await _lease_lost(conn, lease)
         return namespace, now
+
+    async def record_attempts(self, lease: Lease, attempts: Mapping[int, int]) -> None:
+        """Record the activity attempts started, fenced by the lease."""
+        text = attempts_to_text(attempts)
+
+        async def op(conn: Conn, notes: Notes) -> None:
+            if await conn.fetchval(sql.RECORD_ATTEMPTS, lease.run_id, lease.epoch, text) is None:
+                raise await _lease_lost(conn, lease)
+        await self._write(op)
 
     async def release_run(self, lease: Lease) -> None:
         """Hand a held run back as pending (a lost lease is no error)."""

@@ -52,7 +52,7 @@ def fenced(sets: str = "", *, outbox: bool = False) -> str:
     """A statement that fences the lease, updates the run and records steps; it returns
     the run's namespace, or no row when the lease was lost."""
     sql = (
-        f"WITH f AS (UPDATE runs SET updated_at = $3{sets}"
+        f"WITH f AS (UPDATE runs SET updated_at = $3, recoveries = 0{sets}"
         " WHERE run_id = $1 AND epoch = $2 AND status = 'running' RETURNING run_id, namespace),"
         " h AS (INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
         " SELECT f.run_id, s.seq, s.kind, s.name, s.value, s.error, s.recorded_at FROM f,"
@@ -96,6 +96,10 @@ CREATE_RUNS = (
     " LEFT JOIN runs r ON r.run_id = n.run_id"
 )
 GET_RUN = "SELECT * FROM runs WHERE run_id = $1"
+RECORD_ATTEMPTS = (
+    "UPDATE runs SET activity_attempts = $3"
+    " WHERE run_id = $1 AND epoch = $2 AND status = 'running' RETURNING run_id"
+)
 LEASE_HOLDER = "SELECT epoch, lease_owner, status FROM runs WHERE run_id = $1"
 HISTORY = "SELECT * FROM history WHERE run_id = $1 ORDER BY seq"
 HISTORIES = "SELECT * FROM history WHERE run_id = ANY($1::text[]) ORDER BY run_id, seq"
@@ -141,7 +145,8 @@ def claim(*, workflows: bool, run_ids: bool, reclaim: bool) -> str:
         + ", c AS (SELECT run_id FROM (SELECT * FROM p UNION ALL SELECT * FROM d"
         " UNION ALL SELECT * FROM l) AS r ORDER BY created_at LIMIT $4)"
         " UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $2,"
-        " epoch = epoch + 1, started_at = COALESCE(started_at, $3), updated_at = $3"
+        " epoch = epoch + 1, started_at = COALESCE(started_at, $3), updated_at = $3,"
+        " recoveries = recoveries + (status = 'running')::int"
         " WHERE run_id IN (SELECT run_id FROM c) RETURNING *"
     )
 

@@ -65,7 +65,19 @@ def run_from_row(row: Mapping[str, Any]) -> Run:
         wait=wait_from_row(row),
         pool=row["pool"],
         labels=json.loads(row["labels"]) if row["labels"] else {},
+        activity_attempts=attempts_from_text(row["activity_attempts"]),
+        recoveries=row["recoveries"] or 0,
     )
+
+
+def attempts_from_text(text: str | None) -> dict[int, int]:
+    """The ``activity_attempts`` column: JSON ``{"seq": attempt}``."""
+    return {int(seq): int(n) for seq, n in json.loads(text).items()} if text else {}
+
+
+def attempts_to_text(attempts: Mapping[int, int]) -> str | None:
+    """Inverse of ``attempts_from_text`` (``None`` for no attempts)."""
+    return json.dumps({str(seq): n for seq, n in sorted(attempts.items())}) if attempts else None
 
 
 def step_from_row(row: Mapping[str, Any]) -> Step:

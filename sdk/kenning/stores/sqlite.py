@@ -6,7 +6,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kenning.core.errors import LeaseLost, RunNotFound, SchemaTooNew, StoreUnavailable
@@ -36,6 +36,7 @@ from kenning.stores import sqlite_match, sqlite_schema
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.rows import (
     DEFAULT_FINISHED_RETENTION,
+    attempts_to_text,
     first_created,
     lease_lost,
     outbox_from_row,
@@ -242,7 +243,8 @@ class SqliteStore(SqliteRetention):
             params.update(ids)
         sql = (
             "UPDATE runs SET status = 'running', lease_owner = :worker, lease_expires = :expires,"
-            " epoch = epoch + 1, started_at = COALESCE(started_at, :now), updated_at = :now"
+            " epoch = epoch + 1, started_at = COALESCE(started_at, :now), updated_at = :now,"
+            " recoveries = recoveries + (status = 'running')"
             f" WHERE run_id IN (SELECT run_id FROM runs WHERE {_RUNNABLE} {filters}"
             " ORDER BY created_at LIMIT :limit) RETURNING *"
         )
@@ -282,15 +284,20 @@ class SqliteStore(SqliteRetention):
                ) -> float:
         now = self.clock()
         cur = conn.execute(
-            f"UPDATE runs SET updated_at = :now {sets} WHERE run_id = :run_id AND epoch = :epoch"
+            f"UPDATE runs SET updated_at = :now, recoveries = 0 {sets}"
+            " WHERE run_id = :run_id AND epoch = :epoch"
             " AND status = 'running'",
             {"now": now, "run_id": lease.run_id, "epoch": lease.epoch, **(params or {})},
         )
         if cur.rowcount != 1:
-            row = conn.execute("SELECT epoch, lease_owner, status FROM runs WHERE run_id = ?",
-                               (lease.run_id,)).fetchone()
-            raise lease_lost(lease, None if row is None else (row[0], row[1], row[2]))
+            raise self._lost(conn, lease)
         return now
+
+    @staticmethod
+    def _lost(conn: Conn, lease: Lease) -> LeaseLost:
+        row = conn.execute("SELECT epoch, lease_owner, status FROM runs WHERE run_id = ?",
+                           (lease.run_id,)).fetchone()
+        return lease_lost(lease, None if row is None else (row[0], row[1], row[2]))
 
     @staticmethod
     def _insert_steps(conn: Conn, run_id: str, steps: Sequence[Step]) -> None:
@@ -299,6 +306,18 @@ class SqliteStore(SqliteRetention):
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(run_id, s.seq, s.kind.value, s.name, s.value, s.error, s.recorded_at) for s in steps],
         )
+
+    async def record_attempts(self, lease: Lease, attempts: Mapping[int, int]) -> None:
+        """Record the activity attempts started, fenced by the lease."""
+        text = attempts_to_text(attempts)
+
+        def op(conn: Conn, notes: Notes) -> None:
+            cur = conn.execute("UPDATE runs SET activity_attempts = ? WHERE run_id = ?"
+                               " AND epoch = ? AND status = 'running'",
+                               (text, lease.run_id, lease.epoch))
+            if cur.rowcount != 1:
+                raise self._lost(conn, lease)
+        await self._writer.run(op)
 
     async def release_run(self, lease: Lease) -> None:
         """Hand a held run back as pending."""

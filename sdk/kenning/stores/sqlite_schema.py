@@ -131,6 +131,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS runs_unfinished_created ON runs (created_at, run_id)
         WHERE status IN ('pending', 'running', 'waiting_for_event', 'waiting_for_timer');
     """,
+    # 5: activity attempts started (JSON {seq: attempt}) and recoveries after lost workers
+    """
+    ALTER TABLE runs ADD COLUMN activity_attempts TEXT;
+    ALTER TABLE runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -66,3 +66,16 @@ async def test_reclaiming_own_runs_counts_as_a_recovery(store: Store) -> None:
     await start_claimed(store, "r1", worker="w1", lease_seconds=60)
     [again] = await store.claim_runs("w1", limit=5, lease_seconds=60, reclaim_own=True)
     assert again.run.recoveries == 1
+
+
+async def test_attempts_ride_with_a_step_and_a_release_forgets_them(store: Store) -> None:
+    lease = await start_claimed(store, "r1")
+    await store.append_steps(lease, [step(0)], attempts={1: 1})
+    run = await store.get_run("r1")
+    assert run is not None and run.activity_attempts == {1: 1}
+    await store.append_steps(lease, [step(1)])  # without attempts: left as they are
+    run = await store.get_run("r1")
+    assert run is not None and run.activity_attempts == {1: 1}
+    await store.release_run(lease)
+    claimed = await claim_one(store, "r1")
+    assert claimed.run.activity_attempts == {} and claimed.run.recoveries == 0

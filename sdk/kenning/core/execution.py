@@ -250,8 +250,11 @@ class RunExecution:
     async def commit(self, step: Step, outbox: Sequence[CloudEventRecord] = ()) -> None:
         """Commit ``step`` (with buffered steps and emitted events) under the lease."""
         steps = [*self._take_pending(), step]
-        await self._write(lambda: self.store.append_steps(self.lease, steps, outbox),
+        attempts = self.attempts.ahead(self._next_seq)
+        await self._write(lambda: self.store.append_steps(self.lease, steps, outbox,
+                                                          attempts=attempts),
                           seq=step.seq)
+        self.attempts.committed(attempts)
         self.history[step.seq] = step
         self.workflow_time = max(self.workflow_time, step.recorded_at)
 

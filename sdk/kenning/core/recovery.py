@@ -6,6 +6,11 @@ an attempt that started and never ended: it counts as a failed attempt against
 ``max_attempts``. Writes of concurrent attempts coalesce: while one is in flight, the
 attempts started meanwhile go in the next write together.
 
+To keep this cheap, a step's commit also records the first attempt of an activity at the
+next history position, before the code has asked for it: a sequential workflow's next
+activity then starts with nothing to write. The price: a worker lost between that commit
+and the next step counts as lost during that activity's first attempt.
+
 A run whose worker keeps getting lost outside any activity (a poison run) is claimed again
 after each loss with a growing, jittered pause, and failed once ``recoveries`` (counted by
 the store at claim time) exceeds ``max_recoveries``.
@@ -34,6 +39,7 @@ class AttemptLog:
         self._started = dict(started)  # as the run was claimed: a lost worker's attempts
         self._recorded = recorded  # whether a history position holds a step
         self._in_flight: dict[int, int] = {}
+        self._durable: dict[int, int] = dict(started)  # what the run row holds now
         self._version = 0
         self._written = 0
         self._lock = asyncio.Lock()
@@ -47,17 +53,35 @@ class AttemptLog:
     async def started(self, seq: int, attempt: int) -> None:
         """Durably record that ``attempt`` of the activity at ``seq`` starts now."""
         self._in_flight[seq] = attempt
+        if self._durable.get(seq) == attempt:
+            return  # recorded ahead, with the previous step's commit
         self._version += 1
         mine = self._version
         async with self._lock:
             if self._written >= mine:
                 return  # a write made while we waited carried ours too
             version = self._version
-            attempts = {s: n for s, n in self._started.items() if not self._recorded(s)}
-            attempts.update(self._in_flight)
+            attempts = self._snapshot()
             store, lease = self._committer.store, self._committer.lease
             await self._committer.write(lambda: store.record_attempts(lease, attempts))
             self._written = max(self._written, version)
+            self._durable = attempts
+
+    def _snapshot(self) -> dict[int, int]:
+        attempts = {s: n for s, n in self._started.items() if not self._recorded(s)}
+        attempts.update(self._in_flight)
+        return attempts
+
+    def ahead(self, next_seq: int) -> dict[int, int]:
+        """The attempts to record with a step's commit: ours, and the first attempt of an
+        activity at ``next_seq`` should the code call one there next."""
+        attempts = self._snapshot()
+        attempts.setdefault(next_seq, 1)
+        return attempts
+
+    def committed(self, attempts: dict[int, int]) -> None:
+        """``attempts`` (from ``ahead``) is now what the run row holds."""
+        self._durable = attempts
 
     def ended(self, seq: int) -> None:
         """The attempt at ``seq`` ended (its outcome is being committed)."""

@@ -117,12 +117,15 @@ class Store(Protocol):
         run's ``activity_attempts``; does not count as progress for ``recoveries``."""
 
     async def release_run(self, lease: Lease) -> None:
-        """Give a held run back as pending (worker shutting down)."""
+        """Give a held run back as pending (worker shutting down); activity attempts it
+        cut short are forgotten, not counted as lost."""
 
     async def append_steps(
-        self, lease: Lease, steps: Sequence[Step], outbox: Sequence[CloudEventRecord] = ()
+        self, lease: Lease, steps: Sequence[Step], outbox: Sequence[CloudEventRecord] = (),
+        *, attempts: Mapping[int, int] | None = None,
     ) -> None:
-        """Record steps (and the events they emit) in one commit."""
+        """Record steps (and the events they emit) in one commit; ``attempts``, when given,
+        replaces the run's ``activity_attempts`` in the same commit (as ``record_attempts``)."""
 
     async def begin_event_wait(
         self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()

@@ -369,12 +369,18 @@ class PostgresStore(PostgresRetention):
         await self._write(op)
 
     async def append_steps(self, lease: Lease, steps: Sequence[Step],
-                           outbox: Sequence[CloudEventRecord] = ()) -> None:
-        """Record steps and emitted events in one statement, fenced by the lease."""
+                           outbox: Sequence[CloudEventRecord] = (), *,
+                           attempts: Mapping[int, int] | None = None) -> None:
+        """Record steps and emitted events in one statement, fenced by the lease (and the
+        activity attempts started, when given)."""
         records = [record_to_json(r) for r in outbox]
+        extra: tuple[Any, ...] = (records,)
+        query = sql.APPEND
+        if attempts is not None:
+            query, extra = sql.APPEND_WITH_ATTEMPTS, (records, attempts_to_text(attempts))
 
         async def op(conn: Conn, notes: Notes) -> None:
-            await self._fenced(conn, sql.APPEND, lease, steps, records)
+            await self._fenced(conn, query, lease, steps, *extra)
             if records:
                 notes.append(Notification(NotificationKind.OUTBOX, lease.run_id))
         await self._write(op)

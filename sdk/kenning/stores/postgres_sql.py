@@ -69,8 +69,11 @@ def fenced(sets: str = "", *, outbox: bool = False) -> str:
 
 
 APPEND = fenced(CLEAR_WAIT, outbox=True)
+APPEND_WITH_ATTEMPTS = fenced(CLEAR_WAIT + ", activity_attempts = $11", outbox=True)
 FENCE_ONLY = fenced()
-RELEASE = fenced(", status = 'pending', lease_owner = NULL, lease_expires = NULL")
+# handed back on shutdown: attempts cut short by it are not counted as lost
+RELEASE = fenced(", status = 'pending', lease_owner = NULL, lease_expires = NULL,"
+                 " activity_attempts = NULL")
 SUSPEND = fenced(", status = 'waiting_for_timer', lease_owner = NULL, lease_expires = NULL"
                  + set_wait(10))
 FINISH = fenced(", status = $10, result = $11, error = $12, finished_at = $3,"

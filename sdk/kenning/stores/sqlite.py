@@ -324,17 +324,24 @@ class SqliteStore(SqliteRetention):
         def op(conn: Conn, notes: Notes) -> None:
             try:
                 self._fence(conn, lease, ", status = 'pending', lease_owner = NULL,"
-                            " lease_expires = NULL")
+                            " lease_expires = NULL, activity_attempts = NULL")
             except LeaseLost:
                 return
             notes.append(Notification(NotificationKind.RUNNABLE, lease.run_id))
         await self._writer.run(op)
 
     async def append_steps(self, lease: Lease, steps: Sequence[Step],
-                           outbox: Sequence[CloudEventRecord] = ()) -> None:
-        """Record steps and emitted events in one commit, fenced by the lease."""
+                           outbox: Sequence[CloudEventRecord] = (), *,
+                           attempts: Mapping[int, int] | None = None) -> None:
+        """Record steps and emitted events in one commit, fenced by the lease (and the
+        activity attempts started, when given)."""
+        sets, params = ", " + _CLEAR_WAIT, wait_columns(None)
+        if attempts is not None:
+            sets += ", activity_attempts = :attempts"
+            params = {**params, "attempts": attempts_to_text(attempts)}
+
         def op(conn: Conn, notes: Notes) -> None:
-            now = self._fence(conn, lease, ", " + _CLEAR_WAIT, wait_columns(None))
+            now = self._fence(conn, lease, sets, params)
             self._insert_steps(conn, lease.run_id, steps)
             if outbox:
                 namespace = conn.execute("SELECT namespace FROM runs WHERE run_id = ?",

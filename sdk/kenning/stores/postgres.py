@@ -41,6 +41,7 @@ from kenning.stores import postgres_match as match_sql
 from kenning.stores import postgres_schema
 from kenning.stores import postgres_sql as sql
 from kenning.stores import run_scans as scans
+from kenning.stores.db_clock import DatabaseClock
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.postgres_accept import Payload, accept_batches
 from kenning.stores.postgres_errors import (
@@ -97,7 +98,9 @@ class PostgresStore(PostgresRetention):
 
     Args:
         dsn: a ``postgresql://`` URL (asyncpg syntax; ``?host=/run/postgresql`` for a socket).
-        clock: unix seconds; every stored time comes from it (tests inject a fake one).
+        clock: unix seconds (tests inject a fake one). Without it, time is PostgreSQL's:
+            leases, claims and due times are judged by its clock in SQL, and ``clock``
+            estimates it locally (``DatabaseClock``), whatever this machine's clock says.
         event_retention: seconds an accepted event is kept for late waits and dedup.
         writers: connections that commit writes, each a transaction at a time.
         readers: further pooled connections for reads.
@@ -121,7 +124,8 @@ class PostgresStore(PostgresRetention):
         max_queue: int = 10_000,
     ) -> None:
         self.dsn = dsn
-        self.clock: Callable[[], float] = clock or time.time
+        self._db_clock = DatabaseClock() if clock is None else None
+        self.clock: Callable[[], float] = clock or self._db_clock or time.time
         self.event_retention = float(event_retention)
         self.finished_retention_default = DEFAULT_FINISHED_RETENTION
         self._writers = writers
@@ -146,6 +150,8 @@ class PostgresStore(PostgresRetention):
         try:
             async with pool.acquire() as conn:
                 found = await postgres_schema.migrate(conn)
+                for _ in range(3):
+                    await self._sample_clock(conn, sql.DB_TIME)
             listen = NotifyListener(self._connect, self._listeners.dispatch,
                                     self._own_pids.__contains__, CHANNEL)
             await listen.start()
@@ -199,7 +205,15 @@ class PostgresStore(PostgresRetention):
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the database answers."""
-        await self._read(lambda conn: conn.fetchval("SELECT 1"))
+        await self._read(lambda conn: self._sample_clock(conn, sql.DB_TIME))
+
+    async def _sample_clock(self, conn: Conn, query: str) -> Any:
+        """Run ``query`` (its last column: the database's time); learn the clock from it."""
+        sent = time.monotonic()
+        row = await conn.fetchrow(query)
+        if self._db_clock is not None:
+            self._db_clock.observe(float(row[-1]), sent, time.monotonic())
+        return row
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Hear about committed changes: this process's at once, others' through LISTEN."""
@@ -231,6 +245,11 @@ class PostgresStore(PostgresRetention):
 
     def _now(self) -> float:
         return float(self.clock())
+
+    def _sql_now(self) -> float | None:
+        """The time parameter of statements that judge time: ``None`` (the database's
+        clock, in SQL) unless a clock was injected."""
+        return None if self._db_clock is not None else self._now()
 
     # -- runs ---------------------------------------------------------------------------
     async def create_run(self, new: NewRun) -> tuple[Run, bool]:
@@ -315,8 +334,8 @@ class PostgresStore(PostgresRetention):
         filters = [list(f) for f in (workflows, run_ids) if f is not None]
 
         async def op(conn: Conn, notes: Notes) -> list[ClaimedRun]:
-            now = self._now()
-            rows = await conn.fetch(query, worker_id, now + lease_seconds, now, limit, *filters)
+            rows = await conn.fetch(query, worker_id, float(lease_seconds), self._sql_now(),
+                                    limit, *filters)
             if not rows:
                 return []
             runs = sorted((run_from_row(r) for r in rows), key=lambda r: (r.created_at, r.run_id))
@@ -336,14 +355,15 @@ class PostgresStore(PostgresRetention):
             return
 
         async def op(conn: Conn, notes: Notes) -> None:
-            await conn.execute(sql.RENEW, self._now() + lease_seconds, worker_id, ids)
+            await conn.execute(sql.RENEW, float(lease_seconds), worker_id, ids,
+                               self._sql_now())
         await self._write(op)
 
     async def _fenced(self, conn: Conn, query: str, lease: Lease, steps: Sequence[Step],
                       *extra: Any) -> tuple[str, float]:
         """Run a fenced statement; return the run's namespace and the time used."""
         now = self._now()
-        namespace = await conn.fetchval(query, lease.run_id, lease.epoch, now,
+        namespace = await conn.fetchval(query, lease.run_id, lease.epoch, self._sql_now(),
                                         *sql.step_arrays(steps), *extra)
         if namespace is None:
             raise await _lease_lost(conn, lease)
@@ -439,8 +459,8 @@ class PostgresStore(PostgresRetention):
 
     async def next_wake_at(self) -> float | None:
         """The earliest due time of a suspended run."""
-        value = await self._read(lambda conn: conn.fetchval(sql.NEXT_WAKE))
-        return None if value is None else float(value)
+        row = await self._read(lambda conn: self._sample_clock(conn, sql.NEXT_WAKE_TIMED))
+        return None if row[0] is None else float(row[0])
 
     # -- events -------------------------------------------------------------------------
     async def accept_events(self, namespace: str,

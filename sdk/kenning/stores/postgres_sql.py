@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from kenning.core.models import Step, Wait
+from kenning.stores.db_clock import DB_CLOCK, DB_NOW
 from kenning.stores.rows import wait_columns
 
 CLEAR_WAIT = "".join(
@@ -29,6 +31,13 @@ def wait_params(wait: Wait) -> list[Any]:
         if values[col] is not None:
             values[col] = float(values[col])
     return list(values.values())
+
+
+def store_time(sql: str, param: int) -> str:
+    """``sql`` with parameter ``$param`` (the time) taken from the database's clock when it
+    is NULL: a store without an injected clock passes NULL, so leases, claims and due
+    times are judged by PostgreSQL's clock, never a worker's."""
+    return re.sub(rf"\${param}(?!\d)", f"COALESCE(${param}::float8, {DB_NOW})", sql)
 
 
 def step_arrays(steps: Sequence[Step]) -> tuple[list[Any], ...]:
@@ -65,7 +74,7 @@ def fenced(sets: str = "", *, outbox: bool = False) -> str:
             " SELECT f.run_id, f.namespace, r.record, $3, $3 FROM f,"
             " unnest($10::text[]) WITH ORDINALITY AS r(record, n) ORDER BY r.n)"
         )
-    return sql + " SELECT namespace FROM f"
+    return store_time(sql + " SELECT namespace FROM f", 3)
 
 
 APPEND = fenced(CLEAR_WAIT, outbox=True)
@@ -111,20 +120,26 @@ CANCEL = (
     f" epoch = epoch + 1, lease_owner = NULL, lease_expires = NULL{CLEAR_WAIT}"
     " WHERE run_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled') RETURNING *"
 )
-RENEW = (
-    "UPDATE runs SET lease_expires = $1"
-    " WHERE lease_owner = $2 AND status = 'running' AND run_id = ANY($3::text[])"
-)
+# $1 lease seconds, $2 worker, $3 runs, $4 now (NULL: the database's clock)
+RENEW = store_time(
+    "UPDATE runs SET lease_expires = $4 + $1"
+    " WHERE lease_owner = $2 AND status = 'running' AND run_id = ANY($3::text[])", 4)
 NEXT_WAKE = (
     "SELECT min(wake_at) FROM runs WHERE status IN ('waiting_for_event', 'waiting_for_timer')"
     " AND wake_at IS NOT NULL"
 )
+# the same, with the database's time now (to keep the local estimate of its clock)
+NEXT_WAKE_TIMED = NEXT_WAKE.replace("SELECT min(wake_at)", f"SELECT min(wake_at), {DB_CLOCK}",
+                                   1)
+assert NEXT_WAKE_TIMED != NEXT_WAKE
+DB_TIME = f"SELECT {DB_CLOCK}"
 
 
 @functools.lru_cache(maxsize=16)
 def claim(*, workflows: bool, run_ids: bool, reclaim: bool) -> str:
-    """Lease runnable runs in one statement: $1 worker, $2 expiry, $3 now, $4 limit,
-    then the workflow names and the run ids as arrays when they filter.
+    """Lease runnable runs in one statement: $1 worker, $2 lease seconds, $3 now (NULL: the
+    database's clock), $4 limit, then the workflow names and the run ids as arrays when
+    they filter.
 
     Pending, due and expired runs are taken oldest first from one index each (a single
     ``OR`` over the three would walk every run in creation order); each branch locks what
@@ -140,17 +155,17 @@ def claim(*, workflows: bool, run_ids: bool, reclaim: bool) -> str:
     def branch(name: str, condition: str) -> str:
         return (f"{name} AS (SELECT run_id, created_at FROM runs WHERE {condition}{filters}"
                 " ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED)")
-    return (
+    return store_time(
         "WITH " + branch("p", "status = 'pending'")
         + ", " + branch("d", "status IN ('waiting_for_event', 'waiting_for_timer')"
                              " AND wake_at <= $3")
         + ", " + branch("l", f"status = 'running' AND (lease_expires < $3{own})")
         + ", c AS (SELECT run_id FROM (SELECT * FROM p UNION ALL SELECT * FROM d"
         " UNION ALL SELECT * FROM l) AS r ORDER BY created_at LIMIT $4)"
-        " UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $2,"
+        " UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $3 + $2,"
         " epoch = epoch + 1, started_at = COALESCE(started_at, $3), updated_at = $3,"
         " recoveries = recoveries + (status = 'running')::int"
-        " WHERE run_id IN (SELECT run_id FROM c) RETURNING *"
+        " WHERE run_id IN (SELECT run_id FROM c) RETURNING *", 3
     )
 
 

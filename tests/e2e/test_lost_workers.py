@@ -75,10 +75,12 @@ async def test_crashing_activity_and_poison_run(
     assert poison_run.status is RunStatus.FAILED, poison_run
     assert poison_run.error is not None and "WorkerLost" in poison_run.error
     assert f"failed after {MAX_RECOVERIES} recovery attempts" in poison_run.error
-    assert attempts["poison"] == 1, "its recorded step is replayed, not run again"
+    # its recorded step is replayed, not run again (unless a crash of the killer's hit it)
+    assert 1 <= attempts["poison"] <= 2
 
     for run_id in fine:
-        assert runs[run_id].status is RunStatus.COMPLETED, runs[run_id]
+        assert runs[run_id].status is RunStatus.COMPLETED, (runs[run_id], crashes)
         assert runs[run_id].result == int(run_id.split("-")[1]) + 2
-    # killer: 2 crashes; poison: 1 + MAX_RECOVERIES crashes
-    assert crashes == 2 + 1 + MAX_RECOVERIES
+    # killer: 2 crashes; poison: 1 + MAX_RECOVERIES (fewer when one crash hit both), and
+    # nothing crash-loops after its run failed
+    assert 1 + MAX_RECOVERIES <= crashes <= 2 + 1 + MAX_RECOVERIES

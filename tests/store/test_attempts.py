@@ -79,3 +79,10 @@ async def test_attempts_ride_with_a_step_and_a_release_forgets_them(store: Store
     await store.release_run(lease)
     claimed = await claim_one(store, "r1")
     assert claimed.run.activity_attempts == {} and claimed.run.recoveries == 0
+
+
+async def test_taking_back_runs_one_dropped_itself_is_no_recovery(store: Store) -> None:
+    await start_claimed(store, "r1", worker="w1", lease_seconds=60)
+    [again] = await store.claim_runs("w1", limit=5, lease_seconds=60, run_ids=["r1"],
+                                     reclaim_own=True, recovering=False)
+    assert again.run.recoveries == 0 and again.lease.epoch == 2

@@ -96,11 +96,13 @@ class Store(Protocol):
         workflows: Sequence[str] | None = None,
         run_ids: Sequence[str] | None = None,
         reclaim_own: bool = False,
+        recovering: bool = True,
     ) -> list[ClaimedRun]:
         """Take up to ``limit`` runnable runs: pending, due, or with an expired lease.
 
         Taking a run whose lease expired (or, with ``reclaim_own``, a run still leased)
-        counts one more in its ``recoveries``; every fenced write that moves the run on
+        counts one more in its ``recoveries``, unless ``recovering`` is false (the caller
+        knows their holder, itself, was not lost); every fenced write that moves the run on
         (steps, waits, the end, a release) sets it back to 0.
 
         ``reclaim_own`` also takes runs leased to ``worker_id`` itself: a restarted process

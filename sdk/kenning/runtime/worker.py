@@ -191,7 +191,8 @@ class Worker:
             if ids:
                 claimed = await self.store.claim_runs(
                     self.worker_id, limit=len(ids), lease_seconds=self.options.lease_seconds,
-                    workflows=self.registry.names, run_ids=ids, reclaim_own=True)
+                    workflows=self.registry.names, run_ids=ids, reclaim_own=True,
+                    recovering=False)  # dropped by this worker itself, not lost with it
                 if self.metrics is not None:
                     self.metrics.claims.inc(len(claimed))
                 for item in claimed:

@@ -8,7 +8,7 @@ executions a ``MeteredStore`` that counts on the way through and changes nothing
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -112,9 +112,11 @@ class MeteredStore:
         return result
 
     async def append_steps(self, lease: Lease, steps: Sequence[Step],
-                           outbox: Sequence[CloudEventRecord] = ()) -> None:
+                           outbox: Sequence[CloudEventRecord] = (), *,
+                           attempts: Mapping[int, int] | None = None) -> None:
         """Counted ``Store.append_steps``."""
-        await self._timed(self._store.append_steps(lease, steps, outbox), steps)
+        await self._timed(self._store.append_steps(lease, steps, outbox, attempts=attempts),
+                          steps)
 
     async def begin_event_wait(self, lease: Lease, wait: Wait,
                                steps: Sequence[Step] = ()) -> EventWaitResult:

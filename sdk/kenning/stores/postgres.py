@@ -324,13 +324,14 @@ class PostgresStore(PostgresRetention):
     async def claim_runs(self, worker_id: str, *, limit: int, lease_seconds: float,
                          workflows: Sequence[str] | None = None,
                          run_ids: Sequence[str] | None = None,
-                         reclaim_own: bool = False) -> list[ClaimedRun]:
+                         reclaim_own: bool = False,
+                         recovering: bool = True) -> list[ClaimedRun]:
         """Lease up to ``limit`` runnable runs (``FOR UPDATE SKIP LOCKED``) and load all
         their histories in one query."""
         if limit <= 0:
             return []
         query = sql.claim(workflows=workflows is not None, run_ids=run_ids is not None,
-                          reclaim=reclaim_own)
+                          reclaim=reclaim_own, recovering=recovering)
         filters = [list(f) for f in (workflows, run_ids) if f is not None]
 
         async def op(conn: Conn, notes: Notes) -> list[ClaimedRun]:

@@ -136,7 +136,7 @@ DB_TIME = f"SELECT {DB_CLOCK}"
 
 
 @functools.lru_cache(maxsize=16)
-def claim(*, workflows: bool, run_ids: bool, reclaim: bool) -> str:
+def claim(*, workflows: bool, run_ids: bool, reclaim: bool, recovering: bool = True) -> str:
     """Lease runnable runs in one statement: $1 worker, $2 lease seconds, $3 now (NULL: the
     database's clock), $4 limit, then the workflow names and the run ids as arrays when
     they filter.
@@ -164,7 +164,8 @@ def claim(*, workflows: bool, run_ids: bool, reclaim: bool) -> str:
         " UNION ALL SELECT * FROM l) AS r ORDER BY created_at LIMIT $4)"
         " UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $3 + $2,"
         " epoch = epoch + 1, started_at = COALESCE(started_at, $3), updated_at = $3,"
-        " recoveries = recoveries + (status = 'running')::int"
+        + (" recoveries = recoveries + (status = 'running')::int" if recovering
+           else " recoveries = recoveries") +
         " WHERE run_id IN (SELECT run_id FROM c) RETURNING *", 3
     )
 

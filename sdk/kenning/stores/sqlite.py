@@ -229,7 +229,8 @@ class SqliteStore(SqliteRetention):
     async def claim_runs(self, worker_id: str, *, limit: int, lease_seconds: float,
                          workflows: Sequence[str] | None = None,
                          run_ids: Sequence[str] | None = None,
-                         reclaim_own: bool = False) -> list[ClaimedRun]:
+                         reclaim_own: bool = False,
+                         recovering: bool = True) -> list[ClaimedRun]:
         """Lease up to ``limit`` runnable runs and load their histories."""
         filters = ""
         params: dict[str, Any] = {}
@@ -244,7 +245,8 @@ class SqliteStore(SqliteRetention):
         sql = (
             "UPDATE runs SET status = 'running', lease_owner = :worker, lease_expires = :expires,"
             " epoch = epoch + 1, started_at = COALESCE(started_at, :now), updated_at = :now,"
-            " recoveries = recoveries + (status = 'running')"
+            + (" recoveries = recoveries + (status = 'running')" if recovering else
+               " recoveries = recoveries") +
             f" WHERE run_id IN (SELECT run_id FROM runs WHERE {_RUNNABLE} {filters}"
             " ORDER BY created_at LIMIT :limit) RETURNING *"
         )

@@ -3,6 +3,8 @@
 waiting set grows (1,000 → 10,000 → 100,000 [→ 1,000,000]).
 
     python bench/w6_bench.py --db 'postgresql://...' --steps 1000,10000,100000 --json out.jsonl
+    python bench/w6_bench.py --db ... --one-type --steps 1000,10000,20000   # one hot type
+    python bench/w6_bench.py start --db ... --n 1000000    # start_many of a million runs
 
 One process hosts the embedded ``App`` (store, worker, CloudEvents sink on a free port) and
 this driver; the ingest load is a second process (this file with ``load``). Runs wait over
@@ -54,8 +56,13 @@ def how_for(type_index: int) -> str:
     return ("data", "subject", "ext")[type_index % 3]
 
 
+ONE_TYPE = False  # --one-type: every run waits for order.paid, matched on data.order_id
+
+
 def spec(i: int) -> tuple[str, str, str]:
     """Run number ``i``: (event type, how it is found, its key)."""
+    if ONE_TYPE:
+        return "order.paid", "data", f"k-{i}"
     t = i % TYPES
     return f"w6.t{t:03}", how_for(t), f"k-{i}"
 
@@ -134,9 +141,10 @@ async def resume_samples(app: App, url: str, indices: list[int]) -> tuple[list[f
     return lat, ok
 
 
-async def ingest(url: str, seconds: float) -> dict[str, Any]:
+async def ingest(url: str, seconds: float, type_: str) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "load", "--url", url, "--seconds", str(seconds),
+        "--type", type_,
         stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     return dict(json.loads(out.splitlines()[-1]))
@@ -147,7 +155,7 @@ def pick(started: int, how: str, n: int, used: set[int]) -> list[int]:
     chosen: list[int] = []
     step = max(1, started // (n * 4))
     for i in range(0, started, step):
-        if i in used or (how_for(i % TYPES) == "id") != (how == "id"):
+        if i in used or (spec(i)[1] == "id") != (how == "id"):
             continue
         chosen.append(i)
         used.add(i)
@@ -165,11 +173,14 @@ async def run_step(app: App, pg: Any, url: str, target: int, started: int, used:
     # the events table holds what the sink took in (kept 24 h whether or not runs wait,
     # and the previous steps' ingest load): reported apart from the bytes of waiting runs
     run_bytes = sum(n for t, n in sizes.items() if t not in ("events", "outbox"))
-    addressed, ok_a = await resume_samples(app, url, pick(started, "id", a.samples, used))
+    addressed: list[float] = []
+    ok_a = True
+    if not ONE_TYPE:
+        addressed, ok_a = await resume_samples(app, url, pick(started, "id", a.samples, used))
     matched, ok_m = await resume_samples(app, url, pick(started, "match", a.samples, used))
-    load = await ingest(url, a.load_seconds)
+    load = await ingest(url, a.load_seconds, spec(0)[0] if ONE_TYPE else LOAD_TYPE)
     line = {"waiting": waiting, "fill_s": round(fill_s, 1),
-            "addressed": kb.pcts(addressed), "matched": kb.pcts(matched),
+            "addressed": kb.pcts(addressed) if addressed else None, "matched": kb.pcts(matched),
             "ingest_per_s": load["accepted_per_s"], "ingest_p99_ms": load["p99_ms"],
             "ingest_errors": load["errors"],
             "store_bytes_per_waiting_run": round(run_bytes / max(waiting, 1)),
@@ -189,7 +200,8 @@ async def main(a: argparse.Namespace) -> None:
         for target in (int(s) for s in a.steps.split(",")):
             started, line = await run_step(app, pg, url, target, started, used, a)
             common.emit({**kb.ENGINE, "workload": "W6", "n": target, **line,
-                         "config": {"store": kb.store_label(a.db), "types": TYPES,
+                         "config": {"store": kb.store_label(a.db),
+                                    "types": 1 if ONE_TYPE else TYPES,
                                     "samples": a.samples},
                          "engine_source": source,
                          "loadavg_1m": round(os.getloadavg()[0], 2)}, a.json)
@@ -200,7 +212,7 @@ async def main(a: argparse.Namespace) -> None:
         os._exit(0)  # skip teardown: up to a million runs are left waiting
 
 
-async def load(url: str, seconds: float, clients: int = 32) -> None:
+async def load(url: str, seconds: float, type_: str, clients: int = 32) -> None:
     """The ingest load: events of a matched type whose key matches no waiting run."""
     counts = {"accepted": 0, "rejected": 0, "errors": 0}
     lat: list[float] = []
@@ -211,7 +223,7 @@ async def load(url: str, seconds: float, clients: int = 32) -> None:
         conn, n = common.HttpConn(url), 0
         while common.now() < deadline:
             n += 1
-            headers, body = common.cloudevent(LOAD_TYPE, {"order_id": f"none-{c}-{n}"})
+            headers, body = common.cloudevent(type_, {"order_id": f"none-{c}-{n}"})
             t = common.now()
             try:
                 status = await conn.post(headers, body)
@@ -229,14 +241,44 @@ async def load(url: str, seconds: float, clients: int = 32) -> None:
                       "p99_ms": common.ms(common.pct(lat, 99)), **counts}))
 
 
+async def start_only(db: str, n: int, json_path: str | None) -> None:
+    """Target 4: time ``start_many`` of ``n`` runs (no worker, so they stay pending)."""
+    from kenning.stores import open_store
+
+    store = open_store(db)
+    await store.open()
+    client = Client(store)
+    t0 = common.now()
+    for at in range(0, n, 10_000):
+        count = min(10_000, n - at)
+        await client.start_many(w6, [spec(i) for i in range(at, at + count)],
+                                run_ids=[f"s-{i}" for i in range(at, at + count)])
+    wall = common.now() - t0
+    await store.close()
+    common.emit({**kb.ENGINE, "workload": "W6-start", "n": n, "ok": True,
+                 "wall_s": round(wall, 1), "runs_per_s": round(n / wall),
+                 "engine_source": kb.engine_source(),
+                 "loadavg_1m": round(os.getloadavg()[0], 2)}, json_path)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["start"]:
+        p = argparse.ArgumentParser()
+        p.add_argument("mode")
+        p.add_argument("--db", required=True)
+        p.add_argument("--n", type=int, default=1_000_000)
+        p.add_argument("--json")
+        sa = p.parse_args()
+        asyncio.run(start_only(sa.db, sa.n, sa.json))
+        sys.exit(0)
     if sys.argv[1:2] == ["load"]:
         p = argparse.ArgumentParser()
         p.add_argument("mode")
         p.add_argument("--url", required=True)
         p.add_argument("--seconds", type=float, default=5)
+        p.add_argument("--type", default=LOAD_TYPE)
         la = p.parse_args()
-        asyncio.run(load(la.url, la.seconds))
+        asyncio.run(load(la.url, la.seconds, la.type))
         sys.exit(0)
     p = argparse.ArgumentParser()
     p.add_argument("--db", required=True, help="postgresql://... DSN of an empty database")
@@ -245,7 +287,11 @@ if __name__ == "__main__":
     p.add_argument("--samples", type=int, default=100,
                    help="events timed per step, for addressed and for matched runs each")
     p.add_argument("--load-seconds", type=float, default=5)
+    p.add_argument("--one-type", action="store_true",
+                   help="every run waits for order.paid matched on data.order_id (the worst "
+                   "case of a scan per type; no addressed runs)")
     p.add_argument("--json", help="append the result lines to this file")
     args = p.parse_args()
+    ONE_TYPE = args.one_type
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main(args))

@@ -5,15 +5,20 @@ bug, so that its process exits non-zero."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from kenning.core import codec
 from kenning.core.models import RunStatus
+from kenning.runtime.cli import main
 from kenning.stores import open_store
 from kenning_operator.main import OperatorCrashed
+from kenning_operator.scaling import PoolScaler
 from tests.operator.conftest import Operators, eventually
 from tests.operator.emulator import Emulator
 from tests.operator.kube_helpers import POOLS, RUNS, apply, pool_body, run_body, status
@@ -92,3 +97,27 @@ async def test_a_loop_that_dies_of_a_bug_stops_the_operator(operators: Operators
     operators.started.remove(running)
     assert running.errors and isinstance(running.errors[0], OperatorCrashed)
     assert isinstance(running.errors[0].__cause__, ZeroDivisionError)
+
+
+async def test_kenning_operator_exits_non_zero_when_a_loop_dies(
+        emulator: Emulator, pg_dsn: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command itself: a loop's bug ends ``kenning operator`` with a failure exit code
+    and one line saying so (what Kubernetes restarts)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(emulator.url)}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "u"}}]}))
+
+    async def bug(self: PoolScaler) -> None:
+        raise ZeroDivisionError("a bug in the scaler")
+
+    monkeypatch.setattr(PoolScaler, "size_all", bug)
+    runner = CliRunner()
+    result = await asyncio.wait_for(asyncio.to_thread(
+        runner.invoke, main, ["operator", "--database", pg_dsn, "--probe-port", "0"],
+        env={"KUBECONFIG": str(kubeconfig)}), 60)
+    assert result.exit_code not in (0, None), result.output
+    assert "died of a bug" in result.output, result.output

@@ -110,12 +110,15 @@ def on_raw_event(op: KenningOperator, event: Mapping[str, Any]) -> None:
     if event.get("type") not in (None, "ADDED", "MODIFIED"):
         return
     body = event["object"]
+    if (body.get("status") or {}).get("phase") \
+            or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return  # started already, or going: kopf's handler sees it (no work here)
     try:
         ref = run_ref(body)
     except (KeyError, TypeError, ValueError):
         return
     if needs_start(op, ref):
-        op.runs.update(body)
+        op.runs.put(ref)
         begin_start(op, ref, body)
 
 

@@ -75,6 +75,7 @@ class RunSync:
         self._next_slot = 0.0
         self._sweep_now = asyncio.Event()
         self._patched: dict[str, str] = {}
+        self._patched_phase: dict[str, str] = {}
         self._posted: dict[str, str] = {}
         self._finalizing: set[str] = set()
         self._ttl: list[tuple[float, str, str, str]] = []
@@ -148,6 +149,7 @@ class RunSync:
     def resource_gone(self, ref: RunRef) -> None:
         """A resource was deleted: forget what was patched for it."""
         self._patched.pop(ref.run_id, None)
+        self._patched_phase.pop(ref.run_id, None)
         self._posted.pop(ref.run_id, None)
         self._deadlines.pop(ref.run_id, None)
         self._finalizing.discard(ref.uid)
@@ -253,6 +255,7 @@ class RunSync:
         self.metrics.status_patches.inc()
         self.patches += 1
         self._patched[run.run_id] = digest
+        self._patched_phase[run.run_id] = run.status.phase
         await self._post_transition(ref, run, schedulable is not None and not schedulable.ok)
 
     async def _post_transition(self, ref: RunRef, run: Run, unschedulable: bool) -> None:
@@ -340,14 +343,17 @@ class RunSync:
             for run in page:
                 unfinished.add(run.run_id)
                 ref = self.runs.get(run.run_id)
-                if ref is None or ref.phase != run.status.phase:
+                # A phase patched but not seen back on the watch yet needs nothing.
+                if ref is None or (ref.phase != run.status.phase
+                                   and self._patched_phase.get(run.run_id) != run.status.phase):
                     self.mark(run.run_id)
             if len(page) < SWEEP_PAGE:
                 break
             after = (page[-1].created_at, page[-1].run_id)
         for ref in self.runs:
             finished = ref.phase in FINISHED_PHASES
-            lost = ref.run_id not in unfinished and not finished
+            lost = ref.run_id not in unfinished and not finished \
+                and self._patched_phase.get(ref.run_id) not in FINISHED_PHASES
             ttl_unknown = finished and ref.ttl_seconds is not None \
                 and ref.uid not in self._ttl_uids
             if lost or ttl_unknown:

@@ -46,7 +46,7 @@ def transient(exc: BaseException) -> bool:
 class Outage:
     """One loop's view of an outage: backoff delays and one log line at each end."""
 
-    def __init__(self, what: str, *, base: float = 0.1, cap: float = 10.0) -> None:
+    def __init__(self, what: str, *, base: float = 0.1, cap: float = 2.0) -> None:
         self.what = what
         self.base = base
         self.cap = cap

@@ -85,14 +85,13 @@ class Probe:
         raise AssertionError(f"{self.url} did not answer {status} within {timeout}s: {recent}")
 
 
-async def _retrying(what: str, attempt: object) -> object:
-    """Call ``attempt()`` until it stops raising ``StoreUnavailable`` (60 s at most)."""
-    async with asyncio.timeout(60):
-        while True:
-            try:
-                return await attempt()  # type: ignore[operator]
-            except StoreUnavailable:
-                await asyncio.sleep(0.1)
+async def _retrying(attempt: object) -> object:
+    """Call ``attempt()`` until it stops raising ``StoreUnavailable``."""
+    while True:
+        try:
+            return await attempt()  # type: ignore[operator]
+        except StoreUnavailable:
+            await asyncio.sleep(0.1)
 
 
 class Driver:
@@ -109,7 +108,8 @@ class Driver:
 
     async def run_one(self, run_id: str, n: int) -> None:
         """Start a run and deliver its event."""
-        await _retrying("start", lambda: self.client.start("outage_flow", n, run_id=run_id))
+        async with asyncio.timeout(60):
+            await _retrying(lambda: self.client.start("outage_flow", n, run_id=run_id))
         self.expected[run_id] = n + 2 + n % 5
         event_id = str(uuid.uuid4())
         headers = {"ce-specversion": "1.0", "ce-type": "outage.go", "ce-source": "/outage",
@@ -136,11 +136,18 @@ class Driver:
         return [asyncio.create_task(self.run_one(f"{prefix}-{i}", base + i))
                 for i in range(count)]
 
-    async def check_all_complete(self) -> None:
+    async def check_all_complete(self, timeout: float = 90) -> None:
         """Every run started finished with the expected result."""
-        for run_id, expected in self.expected.items():
-            result = await _retrying("result", lambda r=run_id: self.client.result(r, 90))
-            assert result == expected, run_id
+        try:
+            async with asyncio.timeout(timeout):
+                for run_id, expected in self.expected.items():
+                    result = await _retrying(lambda r=run_id: self.client.result(r))
+                    assert result == expected, run_id
+        except TimeoutError:
+            stuck = [(r.run_id, r.status.value, r.error, r.wait)
+                     for r in await self.client.store.list_runs(limit=1000)
+                     if r.run_id in self.expected and r.status.value != "completed"]
+            raise AssertionError(f"runs not finished after {timeout}s: {stuck}") from None
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -17,6 +17,10 @@ REJECT_REASONS: Final = (
     "unsupported_media_type",
     "invalid_event",
     "store_unavailable",
+    "overloaded",
+    "not_found",
+    "method_not_allowed",
+    "invalid_request",
     "internal_error",
 )
 _LATENCY_BUCKETS: Final = (

@@ -12,15 +12,22 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from aiohttp import web
 
-from kenning.core.errors import ConfigurationError, InvalidEvent, StoreUnavailable
+from kenning.core.errors import (
+    ConfigurationError,
+    InvalidEvent,
+    StoreOverloaded,
+    StoreUnavailable,
+)
 from kenning.core.models import AcceptOutcome, CloudEventRecord
+from kenning.core.outage import Outage
 from kenning.core.store import Store
 from kenning.runtime.metrics import SinkMetrics, render_metrics
 from kenning.runtime.probe import StoreCheck, readiness
@@ -28,12 +35,16 @@ from kenning.runtime.sink_parsing import parse_batch, parse_binary, parse_struct
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 SINK_METRICS: Final = web.AppKey("kenning_sink_metrics", SinkMetrics)
 """The app's ``SinkMetrics`` (``app[SINK_METRICS]``)."""
 
 STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
 READY_TIMEOUT: Final = 5.0
+DEFAULT_MAX_IN_FLIGHT: Final = 512
+RETRY_AFTER_UNAVAILABLE: Final = 2  # seconds a client is told to wait while the store is down
 
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1123 label
 _ALLOW: Final = "POST, OPTIONS"
@@ -49,6 +60,7 @@ def create_sink_app(
     max_body_bytes: int = 1_048_576,
     token: str | None = None,
     metrics: SinkMetrics | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
 ) -> web.Application:
     """The sink as an aiohttp application; the caller opens and closes ``store``.
 
@@ -58,6 +70,8 @@ def create_sink_app(
         max_body_bytes: larger requests get 413.
         token: when set, POST requires ``Authorization: Bearer <token>``.
         metrics: the metrics to count into (a new registry by default).
+        max_in_flight: most POSTs being handled at once; more are answered 503 with
+            ``Retry-After`` at once, so that overload is answered, not absorbed.
     """
     if not _NAMESPACE.fullmatch(default_namespace):
         raise ConfigurationError(
@@ -66,10 +80,13 @@ def create_sink_app(
         )
     if max_body_bytes <= 0:
         raise ConfigurationError(f"sink max_body_bytes must be positive, got {max_body_bytes}")
+    if max_in_flight <= 0:
+        raise ConfigurationError(f"sink max_in_flight must be positive, got {max_in_flight}")
     if token is not None and not token:
         raise ConfigurationError("sink token is empty: give a secret, or None for no auth")
-    sink = _Sink(store, default_namespace, max_body_bytes, token, metrics or SinkMetrics())
-    app = web.Application(client_max_size=max_body_bytes)
+    sink = _Sink(store, default_namespace, max_body_bytes, token, metrics or SinkMetrics(),
+                 max_in_flight)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[sink.json_errors])
     app[SINK_METRICS] = sink.metrics
     app.on_cleanup.append(sink.close)
     for path, post in (("/", sink.post_default), ("/namespaces/{namespace}", sink.post)):
@@ -115,6 +132,7 @@ class _Sink:
         max_body_bytes: int,
         token: str | None,
         metrics: SinkMetrics,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self.store = store
         self.default_namespace = default_namespace
@@ -122,6 +140,9 @@ class _Sink:
         self.metrics = metrics
         self._token = None if token is None else token.encode()
         self._ping = StoreCheck(lambda: store.ping(), READY_TIMEOUT)
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._outage = Outage("sink committing events", log)
 
     async def close(self, app: web.Application) -> None:
         """Cancel a readiness check still in flight."""
@@ -137,10 +158,17 @@ class _Sink:
         return await self._timed(request, request.match_info["namespace"])
 
     async def _timed(self, request: web.Request, namespace: str) -> web.Response:
+        if self._in_flight >= self.max_in_flight:
+            return self._reject(
+                503, "overloaded",
+                f"the sink is handling {self.max_in_flight} requests already; nothing was "
+                "accepted, retry later", {"Retry-After": "1"})
+        self._in_flight += 1
         started = time.perf_counter()
         try:
             return await self._receive(request, namespace)
         finally:
+            self._in_flight -= 1
             self.metrics.request_seconds.observe(time.perf_counter() - started)
 
     async def _receive(self, request: web.Request, namespace: str) -> web.Response:
@@ -178,6 +206,10 @@ class _Sink:
                 records = parse_batch(body)
         except InvalidEvent as exc:
             return self._reject(400, "invalid_event", str(exc))
+        except (ValueError, TypeError, KeyError, UnicodeError) as exc:
+            # what the CloudEvents library raises on headers it cannot read
+            return self._reject(400, "invalid_event",
+                                f"invalid CloudEvent: {type(exc).__name__}: {exc}"[:500])
         return await self._commit(namespace, records, batch=mode == "batch")
 
     async def _commit(
@@ -187,16 +219,21 @@ class _Sink:
             return _json_response(202, {"status": "accepted", "accepted": 0, "duplicates": 0})
         try:
             results = await self.store.accept_events(namespace, records)
+        except StoreOverloaded as exc:
+            return self._reject(
+                503, "overloaded", "the store is overloaded; nothing was accepted, retry later",
+                {"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
         except StoreUnavailable as exc:
-            log.warning("sink: store unavailable, %d event(s) for namespace %s not accepted: %s",
-                        len(records), namespace, exc)
+            self._outage.failed(exc)  # logged once per outage, not per request
             return self._reject(503, "store_unavailable",
-                                "the store is unavailable; nothing was accepted, retry later")
+                                "the store is unavailable; nothing was accepted, retry later",
+                                {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)})
         except Exception:
             log.exception("sink: committing %d event(s) for namespace %s failed",
                           len(records), namespace)
             return self._reject(500, "internal_error",
                                 "internal error; nothing was accepted, retry later")
+        self._outage.recovered()
         accepted, duplicates = self.metrics.committed(results)
         if batch:
             return _json_response(
@@ -221,9 +258,32 @@ class _Sink:
     ) -> web.Response:
         self.metrics.reject(reason)
         if status < 500:
+            # debug: bad traffic must not flood the logs (it is counted in the metrics);
             # %r: the message quotes what the client sent; keep it on one log line.
-            log.info("sink: rejected a request with %d (%s): %r", status, reason, message)
+            log.debug("sink: rejected a request with %d (%s): %r", status, reason, message)
         return _json_response(status, {"error": message}, headers)
+
+    @web.middleware
+    async def json_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every error answer in JSON: unknown paths (404), methods (405), and bugs (500)."""
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return self._reject(404, "not_found", f"no such path {request.path!r}: POST events "
+                                "to / or /namespaces/<namespace>")
+        except web.HTTPMethodNotAllowed as exc:
+            return self._reject(405, "method_not_allowed",
+                                f"method {request.method} is not allowed on {request.path!r}",
+                                {"Allow": ", ".join(sorted(exc.allowed_methods))})
+        except web.HTTPException as exc:
+            if exc.status >= 500:
+                raise
+            return self._reject(exc.status, "invalid_request", exc.reason)
+        except Exception:
+            log.exception("sink: unexpected error answering %s %s", request.method,
+                          request.path)
+            return self._reject(500, "internal_error",
+                                "internal error; nothing was accepted, retry later")
 
     # -- other methods ---------------------------------------------------------------------
     async def options(self, request: web.Request) -> web.Response:
@@ -241,10 +301,9 @@ class _Sink:
 
     async def not_allowed(self, request: web.Request) -> web.Response:
         """Any other method on the event paths: 405."""
-        return _json_response(
-            405, {"error": f"method {request.method} is not allowed here; POST CloudEvents"},
-            {"Allow": _ALLOW},
-        )
+        return self._reject(
+            405, "method_not_allowed",
+            f"method {request.method} is not allowed here; POST CloudEvents", {"Allow": _ALLOW})
 
     async def healthz(self, request: web.Request) -> web.Response:
         """``GET /healthz``: the process answers."""

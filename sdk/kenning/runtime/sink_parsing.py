@@ -22,7 +22,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import unquote
@@ -37,6 +37,8 @@ from kenning.core.models import CloudEventRecord
 
 SPECVERSION: Final = "1.0"
 MAX_EXTENSION_NAME: Final = 20
+MAX_JSON_DEPTH: Final = 64
+"""Most nesting of arrays and objects a JSON body (or an event's data) may have."""
 
 _JSON_FORMAT: Final = JSONFormat()
 _REQUIRED: Final = ("id", "source", "type", "specversion")
@@ -235,7 +237,9 @@ def _data_from_body(body: bytes, content_type: str | None) -> tuple[str | None, 
     declared_json = content_type is not None and _is_json_type(content_type)
     if content_type is None or declared_json:
         try:
-            value = _STRICT_JSON.decode(body.decode("utf-8"))
+            value = _decode_json(body.decode("utf-8"))
+        except InvalidEvent:
+            raise
         except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError alike
             if declared_json:
                 raise InvalidEvent(
@@ -277,9 +281,49 @@ def _load_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidEvent(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        return _STRICT_JSON.decode(text)
+        return _decode_json(text)
     except ValueError as exc:
+        if isinstance(exc, InvalidEvent):
+            raise
         raise InvalidEvent(f"the body is not valid JSON: {exc}") from None
+
+
+def _too_deep() -> InvalidEvent:
+    return InvalidEvent(f"the JSON nests arrays and objects deeper than the limit of "
+                        f"{MAX_JSON_DEPTH} levels")
+
+
+def _decode_json(text: str) -> Any:
+    """Strict JSON of at most ``MAX_JSON_DEPTH`` levels (``InvalidEvent`` beyond; a
+    ``ValueError`` for invalid JSON)."""
+    # Cheap first: fewer brackets than the limit cannot nest deeper than it.
+    shallow = text.count("[") + text.count("{") <= MAX_JSON_DEPTH
+    try:
+        value = _STRICT_JSON.decode(text)
+    except RecursionError:
+        raise _too_deep() from None
+    if not shallow and _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise _too_deep()
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when ``value`` nests containers more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children: Iterable[Any]
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return False
 
 
 def _json_text(value: Any) -> str:

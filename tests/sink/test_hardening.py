@@ -134,7 +134,7 @@ async def test_store_errors_are_503_with_retry_after_and_logged_once(
     with caplog.at_level(logging.DEBUG, logger="kenning.runtime.sink"):
         for _ in range(20):
             async with sink.post(data=body, headers={"Content-Type": STRUCTURED}) as resp:
-                status, answer = await _answer(resp)
+                status, _ = await _answer(resp)
                 assert status == 503 and resp.headers["Retry-After"] == "2"
         store.error = StoreOverloaded("queue full", retry_after=2.5)
         async with sink.post(data=body, headers={"Content-Type": STRUCTURED}) as resp:

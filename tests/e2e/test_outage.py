@@ -31,8 +31,10 @@ CLI = [sys.executable, "-m", "kenning.runtime.cli"]
 
 @pytest.fixture
 async def server() -> AsyncIterator[PgServer]:
-    """A PostgreSQL server of this test's own (the test stops and freezes it)."""
-    pg = PgServer()
+    """A PostgreSQL server of this test's own (the test stops and freezes it). Durable: with
+    fsync and synchronous_commit off, ``-m immediate`` loses commits already acknowledged
+    (accepted events, claims), which no engine can survive."""
+    pg = PgServer(durable=True)
     await asyncio.to_thread(pg.start)
     try:
         yield pg

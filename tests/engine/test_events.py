@@ -150,7 +150,7 @@ async def test_a_run_consumes_an_event_at_most_once(make_app: AppFactory) -> Non
 
 
 async def test_namespaces_are_isolated(make_app: AppFactory) -> None:
-    async with make_app([wait_paid]) as app:
+    async with make_app([wait_paid], namespaces=["prod", "dev"]) as app:
         prod = await app.start(wait_paid, "A", namespace="prod")
         dev = await app.start(wait_paid, "A", namespace="dev")
         for run_id in (prod, dev):

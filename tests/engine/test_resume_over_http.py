@@ -27,7 +27,7 @@ async def awaits_order(ctx: WorkflowContext, order_id: str) -> Any:
 
 @pytest.fixture
 async def served(make_app: AppFactory) -> AsyncIterator[tuple[App, str]]:
-    async with make_app([awaits_order]) as app:
+    async with make_app([awaits_order], namespaces=["default", "prod"]) as app:
         runner = await serve_sink(create_sink_app(app.store), "127.0.0.1", 0)
         try:
             host, port = runner.addresses[0][:2]

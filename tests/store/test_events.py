@@ -65,19 +65,40 @@ async def test_accept_resumes_every_matching_waiting_run(store: Store,
     assert sorted(c.run.run_id for c in claimed) == ["a", "b"]
 
 
-async def test_accept_deduplicates_on_source_and_id(store: Store, fake_clock: FakeClock) -> None:
+async def test_accept_deduplicates_on_namespace_source_and_id(store: Store,
+                                                              fake_clock: FakeClock) -> None:
     first = await store.accept_events(NS, [event("e1"), event("e1", source="/other"),
                                            event("e1")])
     assert [r.outcome for r in first] == [AcceptOutcome.ACCEPTED, AcceptOutcome.ACCEPTED,
                                           AcceptOutcome.DUPLICATE]
     fake_clock.advance(1)
     await start_waiting(store, "r1", fake_clock)
-    [again] = await store.accept_events("elsewhere", [event("e1", data={"x": 1})])
+    [again] = await store.accept_events(NS, [event("e1", data={"x": 1})])
     assert again.outcome is AcceptOutcome.DUPLICATE and again.resumed_runs == ()
     run = await store.get_run("r1")
     assert run is not None and run.status is RunStatus.WAITING_FOR_EVENT
     assert await store.count_events() == 2
     assert await store.accept_events(NS, []) == []
+
+
+async def test_one_event_posted_to_two_namespaces_wakes_the_runs_of_both(
+        store: Store, fake_clock: FakeClock) -> None:
+    await start_waiting(store, "in-a", fake_clock, namespace="team-a")
+    await start_waiting(store, "in-b", fake_clock, namespace="team-b")
+    [a] = await store.accept_events("team-a", [event("shared")])
+    [b] = await store.accept_events("team-b", [event("shared")])
+    [batch] = await store.accept_events("team-b", [event("shared")])
+    assert (a.outcome, a.resumed_runs) == (AcceptOutcome.ACCEPTED, ("in-a",))
+    assert (b.outcome, b.resumed_runs) == (AcceptOutcome.ACCEPTED, ("in-b",))
+    assert batch.outcome is AcceptOutcome.DUPLICATE
+    # several calls merged into one commit keep the namespaces apart as well
+    fake_clock.advance(1)
+    await start_waiting(store, "in-a2", fake_clock, namespace="team-a")
+    await start_waiting(store, "in-b2", fake_clock, namespace="team-b")
+    both = await asyncio.gather(store.accept_events("team-a", [event("twice")]),
+                                store.accept_events("team-b", [event("twice")]))
+    assert [r.resumed_runs for [r] in both] == [("in-a2",), ("in-b2",)]
+    assert await store.count_events() == 4
 
 
 async def test_match_on_subject_source_and_extension(store: Store,

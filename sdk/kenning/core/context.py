@@ -69,6 +69,17 @@ class WorkflowContext:
         """The activity's attempt number, from 1 (0 outside an activity)."""
         return self._attempt
 
+    def patched(self, change_id: str) -> bool:
+        """True where the code change ``change_id`` applies: on live execution and on
+        replay of a history recorded with it; False while replaying a history recorded
+        before it. Keep both branches until no run from before the change is left."""
+        if self.in_activity:
+            raise KenningError("ctx.patched may only be called in a workflow, not in an "
+                               "activity")
+        from kenning.core.patching import patched
+
+        return patched(self._execution, change_id)
+
     def now(self) -> datetime:
         """Workflow time: the time of the latest recorded step, the same on every replay."""
         if self.in_activity:

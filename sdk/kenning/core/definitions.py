@@ -186,11 +186,13 @@ class Starter(Protocol):
 class WorkflowDefinition(Generic[P, R]):
     """A workflow: deterministic async code whose progress is durable."""
 
-    def __init__(self, fn: Callable[..., Awaitable[R]], *, name: str | None = None) -> None:
+    def __init__(self, fn: Callable[..., Awaitable[R]], *, name: str | None = None,
+                 upgrade: str = "pinned") -> None:
         if not inspect.iscoroutinefunction(fn):
             raise ConfigurationError(f"@workflow needs an async function, got {fn!r}")
         self.fn = fn
         self.name = name or fn.__name__
+        self.upgrade = check_upgrade(upgrade, f"@workflow '{self.name}'")
         self.signature = _Signature(fn, "workflow", self.name)
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
@@ -264,19 +266,35 @@ class Registry:
         """Registered workflow names, sorted."""
         return sorted(self._by_name)
 
+    @property
+    def auto_upgrade(self) -> list[str]:
+        """Names of the registered workflows declared ``upgrade="auto"``, sorted."""
+        return sorted(n for n, wf in self._by_name.items() if wf.upgrade == "auto")
+
 
 @overload
 def workflow(
     fn: Callable[Concatenate[WorkflowContext, P], Awaitable[R]], /
 ) -> WorkflowDefinition[P, R]: ...
 @overload
-def workflow(*, name: str | None = None) -> Callable[
+def workflow(*, name: str | None = None, upgrade: str = "pinned") -> Callable[
     [Callable[Concatenate[WorkflowContext, P], Awaitable[R]]], WorkflowDefinition[P, R]]: ...
-def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
-    """Declare a workflow. ``name=`` is its durable identity (default: the function name)."""
+def workflow(fn: Any = None, /, *, name: str | None = None, upgrade: str = "pinned") -> Any:
+    """Declare a workflow. ``name=`` is its durable identity (default: the function name);
+    ``upgrade="auto"`` lets workers of a newer build resume its runs (default ``"pinned"``:
+    a run stays on the build it started on)."""
     if fn is not None:
-        return WorkflowDefinition(fn, name=name)
-    return lambda f: WorkflowDefinition(f, name=name)
+        return WorkflowDefinition(fn, name=name, upgrade=upgrade)
+    return lambda f: WorkflowDefinition(f, name=name, upgrade=upgrade)
+
+
+def check_upgrade(value: str, what: str) -> str:
+    """Return ``value`` if it is an upgrade policy (``"pinned"`` or ``"auto"``)."""
+    if value not in ("pinned", "auto"):
+        raise ConfigurationError(
+            f"{what}: upgrade must be 'pinned' (stay on the build it started on) or 'auto' "
+            f"(any build may resume it), not {value!r}")
+    return value
 
 
 @overload

@@ -40,6 +40,7 @@ class StepKind(enum.StrEnum):
     TIMEOUT = "timeout"
     TIMER = "timer"
     SEND = "send"
+    PATCH = "patch"
 
 
 class WaitKind(enum.StrEnum):
@@ -94,11 +95,24 @@ class Run:
     activity_attempts: dict[int, int] = field(default_factory=dict)
     # claims since the run last made progress that found its previous worker lost
     recoveries: int = 0
+    build_id: str | None = None
+    upgrade: str = "pinned"
+
+
+UPGRADE_PINNED = "pinned"
+"""A run stays on the build it started on (the default)."""
+UPGRADE_AUTO = "auto"
+"""A run may be resumed by a worker of any build."""
+UPGRADE_POLICIES = (UPGRADE_PINNED, UPGRADE_AUTO)
 
 
 @dataclass(frozen=True, slots=True)
 class NewRun:
-    """What a start asks the store to create; ``input`` is JSON text."""
+    """What a start asks the store to create; ``input`` is JSON text.
+
+    ``build_id`` pins the run to a build at once (default: the build of the worker that
+    first claims it); ``upgrade="auto"`` lets workers of any build resume it.
+    """
 
     run_id: str
     namespace: str
@@ -106,6 +120,40 @@ class NewRun:
     input: str
     pool: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    build_id: str | None = None
+    upgrade: str = UPGRADE_PINNED
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimScope:
+    """Which runs a worker may claim besides their workflow: namespace, pool and build.
+
+    ``namespaces`` ``None`` means any. A run with no pool fits every pool; a run naming a
+    pool fits only a worker of that pool. A run fits a worker of the build it started on;
+    one that has not started yet, or is marked ``upgrade="auto"`` (on the run, or through a
+    workflow in ``auto_upgrade``), fits any build. ``drain`` keeps a worker to the runs
+    already started on its own build: an old version finishing its runs takes no new ones.
+    The first claim records the worker's ``build_id`` on the run.
+    """
+
+    namespaces: tuple[str, ...] | None = None
+    pool: str | None = None
+    build_id: str | None = None
+    auto_upgrade: tuple[str, ...] = ()
+    drain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BuildCount:
+    """Unfinished runs of one (namespace, pool, workflow, build, upgrade policy)."""
+
+    namespace: str
+    pool: str | None
+    workflow: str
+    build_id: str | None
+    upgrade: str
+    unfinished: int
+    runnable: int
 
 
 @dataclass(frozen=True, slots=True)

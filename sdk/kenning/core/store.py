@@ -14,7 +14,9 @@ from typing import Protocol
 
 from kenning.core.models import (
     AcceptResult,
+    BuildCount,
     ClaimedRun,
+    ClaimScope,
     CloudEventRecord,
     Lease,
     NewRun,
@@ -97,6 +99,7 @@ class Store(Protocol):
         run_ids: Sequence[str] | None = None,
         reclaim_own: bool = False,
         recovering: bool = True,
+        scope: ClaimScope | None = None,
     ) -> list[ClaimedRun]:
         """Take up to ``limit`` runnable runs: pending, due, or with an expired lease.
 
@@ -106,7 +109,20 @@ class Store(Protocol):
         (steps, waits, the end, a release) sets it back to 0.
 
         ``reclaim_own`` also takes runs leased to ``worker_id`` itself: a restarted process
-        with the same worker id picks its unfinished runs up without waiting for expiry."""
+        with the same worker id picks its unfinished runs up without waiting for expiry.
+        ``scope`` keeps the claim to the worker's namespaces, pool and build (and records
+        the build on runs claimed the first time); without it every namespace fits."""
+
+    async def count_live_leases(self, worker_id: str) -> int:
+        """How many runs ``worker_id`` holds under a lease that has not expired."""
+
+    async def count_unfinished_by_build(
+        self, *, due_before: float | None = None
+    ) -> list[BuildCount]:
+        """Unfinished runs grouped by (namespace, pool, workflow, build, upgrade policy).
+
+        ``runnable`` counts those pending or running, and those waiting whose wake time
+        is at or before ``due_before``."""
 
     async def renew_leases(
         self, worker_id: str, run_ids: Sequence[str], lease_seconds: float
@@ -158,7 +174,8 @@ class Store(Protocol):
     async def accept_events(
         self, namespace: str, events: Sequence[CloudEventRecord]
     ) -> list[AcceptResult]:
-        """Commit events, deduplicated on (source, id), and resume the runs they match."""
+        """Commit events, deduplicated per namespace on (namespace, source, id), and resume
+        the runs they match."""
 
     async def count_events(self) -> int:
         """How many events are kept (for operators and benchmarks)."""

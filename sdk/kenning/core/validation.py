@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from kenning.core.errors import InvalidEventInput, InvalidInput
-from kenning.core.models import CloudEventRecord, NewRun
+from kenning.core.models import UPGRADE_POLICIES, CloudEventRecord, NewRun
 
 # The same pattern as the WorkflowRun CRD's spec.runId: 1 to 200 characters, letters,
 # digits and ``_ . : -``, starting and ending with a letter or digit.
@@ -85,6 +85,11 @@ def validate_new_run(new: NewRun, *, max_input: int = MAX_INPUT_BYTES) -> NewRun
     check_size("input", new.input, max_input)
     if new.pool is not None:
         check_text("pool", new.pool, max_chars=MAX_NAME)
+    if new.build_id is not None:
+        check_text("build_id", new.build_id, max_chars=MAX_NAME)
+    if new.upgrade not in UPGRADE_POLICIES:
+        raise InvalidInput(f"upgrade must be one of {', '.join(UPGRADE_POLICIES)}, "
+                           f"not {new.upgrade!r}")
     check_labels(new.labels)
     return new
 

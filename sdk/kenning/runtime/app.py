@@ -6,15 +6,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from kenning.core.definitions import Registry, WorkflowDefinition
 from kenning.core.errors import ConfigurationError, LoopFailed
-from kenning.runtime.client import Client
+from kenning.core.models import ClaimScope
+from kenning.runtime.client import Client, check_namespace
 from kenning.runtime.outbox import HttpPublisher, OutboxDispatcher, Publisher, local_publisher
+from kenning.runtime.tenancy import default_worker_id, unique_worker_id
 from kenning.runtime.worker import Worker, WorkerOptions
 from kenning.runtime.worker_metrics import WorkerMetrics
 from kenning.stores import open_store
@@ -33,8 +34,17 @@ class App(Client):
 
     Args:
         database: a SQLite file path (default ``kenning.db``) or a ``postgresql://`` URL.
-        worker_id: this process's identity for leases; unique per process.
-        namespace: the default namespace of started runs and of events posted to ``/``.
+        worker_id: this process's identity for leases; default ``<hostname>-<pid>-<random>``.
+            An id that still holds live leases (another process uses it) is not shared:
+            the app takes a fresh one and logs so.
+        namespace: the default namespace of started runs and of events posted to ``/``,
+            and the namespace whose runs the worker executes.
+        namespaces: the namespaces whose runs the worker executes (default: ``namespace``).
+        pool: the worker's pool: it takes runs naming this pool or none (default: only runs
+            naming no pool).
+        build_id: the build (code version) of this worker: runs that started on another
+            build are left to workers of that build unless marked ``upgrade="auto"``.
+        drain: take no new runs, only those already started on ``build_id``.
         workflows: the workflows served; default every ``@workflow`` imported so far.
         worker: run the worker in this process (``False`` for a client or sink only).
         event_target: where ``send_event`` publishes: a URL, default ``$K_SINK``, else this
@@ -54,6 +64,10 @@ class App(Client):
         worker_id: str | None = None,
         *,
         namespace: str = "default",
+        namespaces: Iterable[str] | None = None,
+        pool: str | None = None,
+        build_id: str | None = None,
+        drain: bool = False,
         workflows: Iterable[WorkflowDefinition[Any, Any]] | None = None,
         worker: bool = True,
         event_target: str | None = None,
@@ -67,7 +81,13 @@ class App(Client):
         super().__init__(open_store(database, clock=clock, event_retention=event_retention),
                          namespace=namespace)
         self.database = database
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.worker_id = worker_id or default_worker_id()
+        served = tuple(check_namespace(ns) for ns in (namespaces or ()))
+        if drain and not build_id:
+            raise ConfigurationError("drain=True needs a build_id: a draining worker serves "
+                                     "the runs already started on its build")
+        self.scope = ClaimScope(namespaces=served or (self.namespace,), pool=pool or None,
+                                build_id=build_id or None, drain=drain)
         self._workflows = None if workflows is None else list(workflows)
         self._run_worker = worker
         self._event_target = event_target if event_target is not None else os.environ.get("K_SINK")
@@ -100,6 +120,7 @@ class App(Client):
             self.registry = Registry.from_catalogue()
         await self.store.open()
         if self._run_worker:
+            self.worker_id = await unique_worker_id(self.store, self.worker_id)
             self._start_worker(self.registry)
         if self._probe_port is not None:
             from kenning.runtime.probe import serve_probes
@@ -112,7 +133,7 @@ class App(Client):
 
     def _start_worker(self, registry: Registry) -> None:
         self.worker = Worker(self.store, registry, self.worker_id, self._worker_options,
-                             metrics=self.metrics)
+                             metrics=self.metrics, scope=self.scope)
         publisher: Publisher
         if self._event_target:
             self._http_publisher = HttpPublisher(self._event_target)
@@ -178,13 +199,16 @@ class App(Client):
         *args: Any,
         run_id: str | None = None,
         namespace: str | None = None,
+        pool: str | None = None,
+        upgrade: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Start a run; a workflow definition not yet served by this app is added to it."""
         if (isinstance(workflow, WorkflowDefinition) and self.registry is not None
                 and workflow.name not in self.registry):
             self.registry.add(workflow)
-        return await super().start(workflow, *args, run_id=run_id, namespace=namespace, **kwargs)
+        return await super().start(workflow, *args, run_id=run_id, namespace=namespace,
+                                   pool=pool, upgrade=upgrade, **kwargs)
 
     @property
     def probe_address(self) -> tuple[str, int] | None:

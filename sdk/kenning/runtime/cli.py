@@ -27,7 +27,9 @@ from kenning.runtime.cli_outbox import outbox
 from kenning.runtime.cli_retention import purge, retention
 from kenning.runtime.cli_runs import runs, start
 from kenning.runtime.cli_send import send
+from kenning.runtime.cli_tenancy import WorkerBounds, worker_bounds_options
 from kenning.runtime.loader import load_workflows
+from kenning.runtime.tenancy import select_workflows
 from kenning.runtime.worker import WorkerOptions
 from kenning.stores import open_store
 
@@ -84,8 +86,9 @@ def _port_option(fn: F) -> F:
 def _worker_id_option(fn: F) -> F:
     return click.option("--worker-id", envvar=config.ENV_WORKER_ID, default=None,
                         show_envvar=True,
-                        help="This worker's identity for leases; unique per process. "
-                             "Default: <hostname>-<pid>.")(fn)
+                        help="This worker's identity for leases; unique per process (an "
+                             "id that still holds live leases is not shared: a fresh one "
+                             "is taken and logged). Default: <hostname>-<pid>-<random>.")(fn)
 
 
 def _token_option(fn: F) -> F:
@@ -101,7 +104,7 @@ def _token_option(fn: F) -> F:
 @_host_option
 @_port_option
 @_worker_id_option
-@namespace_option("Namespace of events posted to / (runs they start or wake).")
+@namespace_option("Namespace of the runs served and of events posted to /.")
 @_token_option
 def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str | None,
         namespace: str, token: str | None) -> None:
@@ -152,29 +155,36 @@ def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str
                    "(Prometheus) on this port. Default: no probe server.")
 @click.option("--probe-host", envvar=config.ENV_PROBE_HOST, default=config.DEFAULT_PROBE_HOST,
               show_default=True, show_envvar=True, help="Interface of the probe server.")
+@worker_bounds_options
 def worker(module_or_file: str, database: str, worker_id: str | None, max_runs: int,
            max_recoveries: int, event_target: str | None, probe_port: int | None,
-           probe_host: str) -> None:
+           probe_host: str, bounds: WorkerBounds) -> None:
     """Run a worker (and the outbox dispatcher) for a module's workflows; no sink.
 
-    Stops gracefully on SIGTERM or SIGINT: held runs are handed back for another worker.
-    Store outages are ridden out; a loop that dies of a bug exits 1, so that it is restarted.
+    It executes only the runs of its namespaces, of its pool (or naming none) and of its
+    build (or not started yet). Stops gracefully on SIGTERM or SIGINT: held runs are
+    handed back for another worker. Store outages are ridden out; a loop that dies of a
+    bug exits 1, so that it is restarted.
     """
-    workflows = load_workflows(module_or_file)
+    workflows = select_workflows(load_workflows(module_or_file), bounds.workflows,
+                                 source=f"module {module_or_file}")
     options = WorkerOptions(max_runs=max_runs, max_recoveries=max_recoveries)
 
     async def go() -> None:
         # "" keeps App from falling back to $K_SINK when neither variable named it.
         async with App(database, worker_id, workflows=workflows, event_target=event_target or "",
                        worker_options=options, probe_port=probe_port,
-                       probe_host=probe_host) as app:
+                       probe_host=probe_host, namespace=bounds.namespaces[0],
+                       namespaces=bounds.namespaces, pool=bounds.pool,
+                       build_id=bounds.build_id, drain=bounds.drain) as app:
             names = ", ".join(wf.name for wf in workflows)
             target = event_target or "this store"
             probes = ""
             if app.probe_address is not None:
                 probes = f", probes on http://{probe_host}:{app.probe_address[1]}"
-            click.echo(f"kenning worker {app.worker_id}: serving {names} (database "
-                       f"{_redact(database)}, events to {target}{probes}); Ctrl-C to stop")
+            click.echo(f"kenning worker {app.worker_id}: serving {names} "
+                       f"({bounds.describe()}; database {_redact(database)}, events to "
+                       f"{target}{probes}); Ctrl-C to stop")
             await _until_signalled_or_failed(app)
 
     run_async(go())

@@ -12,7 +12,7 @@ import click
 from kenning.core.definitions import encode_input, input_from_json
 from kenning.core.errors import ConfigurationError, RunNotFound
 from kenning.core.history_doc import RecordedHistory
-from kenning.core.models import NewRun, RunStatus, Step
+from kenning.core.models import UPGRADE_PINNED, UPGRADE_POLICIES, NewRun, RunStatus, Step
 from kenning.runtime.cli_common import (
     EXIT_FAILED,
     EXIT_TIMEOUT,
@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 @click.option("--id", "run_id", default=None, help="Run id (idempotent: an existing run is "
               "returned, not started again). Default: a new unique id.")
 @namespace_option()
+@click.option("--pool", default=None,
+              help="Pin the run to this WorkerPool's workers. Default: any pool of the "
+                   "namespace that serves WORKFLOW.")
+@click.option("--upgrade", type=click.Choice(UPGRADE_POLICIES), default=UPGRADE_PINNED,
+              show_default=True,
+              help="pinned: the run stays on the build it starts on; auto: workers of any "
+                   "build may resume it.")
 @database_option
 @click.option("--wait", is_flag=True, help="Wait for the run to finish and print its result.")
 @timeout_option
@@ -52,8 +59,9 @@ log = logging.getLogger(__name__)
               help='Start a run per line of FILE (JSON lines, - for stdin), each '
                    '{"input": ..., "id": ...} (both optional, as --input and --id), in '
                    'batches of one statement each; prints the ids.')
-def start(workflow: str, input_value: Any, run_id: str | None, namespace: str, database: str,
-          wait: bool, timeout: float | None, from_file: TextIO | None) -> None:
+def start(workflow: str, input_value: Any, run_id: str | None, namespace: str,
+          pool: str | None, upgrade: str, database: str, wait: bool, timeout: float | None,
+          from_file: TextIO | None) -> None:
     """Start a run of WORKFLOW (by name) and print its id.
 
     A worker serving WORKFLOW picks it up. With --wait, also print the result as JSON; a
@@ -62,7 +70,7 @@ def start(workflow: str, input_value: Any, run_id: str | None, namespace: str, d
     if from_file is not None:
         if input_value is not None or run_id is not None or wait:
             raise CliFailure("--from-file starts many runs: it takes no --input, --id or --wait")
-        start_from_file(workflow, from_file, namespace, database)
+        start_from_file(workflow, from_file, namespace, database, pool=pool, upgrade=upgrade)
         return
     args, kwargs = input_from_json(input_value)
     payload = encode_input(args, kwargs)
@@ -70,7 +78,7 @@ def start(workflow: str, input_value: Any, run_id: str | None, namespace: str, d
     async def go() -> None:
         async with open_client(database, namespace, create=True) as client:
             new = NewRun(run_id=run_id or f"run-{uuid.uuid4().hex[:16]}", namespace=namespace,
-                         workflow=workflow, input=payload)
+                         workflow=workflow, input=payload, pool=pool or None, upgrade=upgrade)
             run, created = await client.store.create_run(new)
             if run.workflow != workflow:
                 raise ConfigurationError(
@@ -85,7 +93,8 @@ def start(workflow: str, input_value: Any, run_id: str | None, namespace: str, d
     run_async(go())
 
 
-def start_from_file(workflow: str, lines: TextIO, namespace: str, database: str) -> None:
+def start_from_file(workflow: str, lines: TextIO, namespace: str, database: str, *,
+                    pool: str | None = None, upgrade: str = UPGRADE_PINNED) -> None:
     """Start a run of ``workflow`` per JSON line (``{"input": ..., "id": ...}``)."""
     news = []
     for number, line in enumerate(lines, start=1):
@@ -100,7 +109,8 @@ def start_from_file(workflow: str, lines: TextIO, namespace: str, database: str)
         args, kwargs = input_from_json(spec.get("input"))
         news.append(NewRun(run_id=str(spec.get("id") or f"run-{uuid.uuid4().hex[:16]}"),
                            namespace=namespace, workflow=workflow,
-                           input=encode_input(args, kwargs)))
+                           input=encode_input(args, kwargs), pool=pool or None,
+                           upgrade=upgrade))
 
     async def go() -> list[bool]:
         async with open_client(database, namespace, create=True) as client:
@@ -288,6 +298,7 @@ def run_json(info: RunInfo) -> dict[str, Any]:
         "result": info.result, "error": info.error,
         "created_at": iso(info.created_at), "started_at": iso(info.started_at),
         "finished_at": iso(info.finished_at),
+        "pool": info.pool, "build_id": info.build_id, "upgrade": info.upgrade,
     }
 
 

@@ -63,7 +63,8 @@ def event_url(base: str, namespace: str | None) -> str:
               help="The event's data (application/json). @FILE reads a file, @- stdin.")
 @click.option("--source", default="/kenning/cli", show_default=True, help="ce-source.")
 @click.option("--id", "event_id", default=None,
-              help="ce-id; events are deduplicated on (source, id). Default: a new UUID.")
+              help="ce-id; events are deduplicated per namespace on (source, id). Default: a new "
+                   "UUID.")
 @click.option("--subject", default=None, help="ce-subject.")
 @click.option("--run", "run_id", default=None,
               help=f"Address the event to this run only (extension {TARGET_RUN_EXTENSION}).")

@@ -12,7 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kenning.core import codec
-from kenning.core.definitions import WorkflowDefinition, encode_input, seconds_of
+from kenning.core.definitions import (
+    WorkflowDefinition,
+    check_upgrade,
+    encode_input,
+    seconds_of,
+)
 from kenning.core.errors import ConfigurationError, RunCancelled, RunFailed, RunNotFound
 from kenning.core.models import (
     TARGET_RUN_EXTENSION,
@@ -53,6 +58,9 @@ class RunInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    pool: str | None = None
+    build_id: str | None = None
+    upgrade: str = "pinned"
 
     @classmethod
     def from_run(cls, run: Run) -> RunInfo:
@@ -78,6 +86,9 @@ class RunInfo:
             created_at=datetime.fromtimestamp(run.created_at, UTC),
             started_at=_dt(run.started_at),
             finished_at=_dt(run.finished_at),
+            pool=run.pool,
+            build_id=run.build_id,
+            upgrade=run.upgrade,
         )
 
 
@@ -120,22 +131,30 @@ class Client:
         *args: Any,
         run_id: str | None = None,
         namespace: str | None = None,
+        pool: str | None = None,
+        upgrade: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Start a run (idempotent on ``run_id``); returns its id.
 
         With a ``WorkflowDefinition`` the arguments are checked against its signature and
-        types first; with a name they are stored as given.
+        types first; with a name they are stored as given. ``pool`` pins the run to that
+        pool's workers; ``upgrade="auto"`` lets workers of any build resume it (default:
+        the workflow's own policy, else ``"pinned"`` to the build it starts on).
         """
+        policy = "pinned"
         if isinstance(workflow, WorkflowDefinition):
             name, payload = workflow.name, workflow.encode_arguments(args, kwargs)
+            policy = workflow.upgrade
         elif isinstance(workflow, str) and workflow:
             name, payload = workflow, encode_input(args, kwargs)
         else:
             raise ConfigurationError("start needs a @workflow or a workflow name")
+        if upgrade is not None:
+            policy = check_upgrade(upgrade, f"start of '{name}'")
         new = NewRun(run_id=run_id or f"run-{uuid.uuid4().hex[:16]}",
                      namespace=check_namespace(namespace or self.namespace),
-                     workflow=name, input=payload)
+                     workflow=name, input=payload, pool=pool or None, upgrade=policy)
         run, _created = await self.store.create_run(new)
         if run.workflow != name:
             raise ConfigurationError(

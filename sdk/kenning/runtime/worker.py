@@ -11,13 +11,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kenning.core.committer import Abandoned
 from kenning.core.definitions import Registry
 from kenning.core.errors import LoopFailed, StoreUnavailable
 from kenning.core.execution import Outcome, RunExecution
-from kenning.core.models import ClaimedRun, Lease, Notification, NotificationKind, RunStatus
+from kenning.core.models import (
+    ClaimedRun,
+    ClaimScope,
+    Lease,
+    Notification,
+    NotificationKind,
+    RunStatus,
+)
 from kenning.core.outage import Outage
 from kenning.core.recovery import DEFAULT_MAX_RECOVERIES
 from kenning.core.store import Store
@@ -60,11 +67,13 @@ class Worker:
         on_outcome: Callable[[str, Outcome], None] | None = None,
         *,
         metrics: WorkerMetrics | None = None,
+        scope: ClaimScope | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.worker_id = worker_id
         self.options = options or WorkerOptions()
+        self.scope = scope
         self._on_outcome = on_outcome
         self._active: dict[str, tuple[asyncio.Task[None], Lease]] = {}
         self._wakeup = asyncio.Event()
@@ -185,14 +194,21 @@ class Worker:
             self._alarm = None
             self._alarm_known = False
 
+    def _claim_scope(self) -> ClaimScope | None:
+        """The worker's scope, with the auto-upgrading workflows it serves right now."""
+        if self.scope is None:
+            return None
+        return replace(self.scope, auto_upgrade=tuple(self.registry.auto_upgrade))
+
     async def _claim(self, *, reclaim_own: bool = False) -> None:
+        scope = self._claim_scope()
         if self._abandoned:
             ids = sorted(self._abandoned - self._active.keys())
             if ids:
                 claimed = await self.store.claim_runs(
                     self.worker_id, limit=len(ids), lease_seconds=self.options.lease_seconds,
                     workflows=self.registry.names, run_ids=ids, reclaim_own=True,
-                    recovering=False)  # dropped by this worker itself, not lost with it
+                    scope=scope, recovering=False)  # dropped by this worker, not lost with it
                 if self.metrics is not None:
                     self.metrics.claims.inc(len(claimed))
                 for item in claimed:
@@ -205,7 +221,7 @@ class Worker:
             want = min(free, self.options.claim_batch)
             claimed = await self.store.claim_runs(
                 self.worker_id, limit=want, lease_seconds=self.options.lease_seconds,
-                workflows=self.registry.names, reclaim_own=reclaim_own)
+                workflows=self.registry.names, reclaim_own=reclaim_own, scope=scope)
             if self.metrics is not None:
                 self.metrics.claims.inc(len(claimed))
             for item in claimed:

@@ -21,7 +21,9 @@ from kenning.core.events import record_from_json, record_to_json
 from kenning.core.matching import event_matches
 from kenning.core.models import (
     AcceptResult,
+    BuildCount,
     ClaimedRun,
+    ClaimScope,
     CloudEventRecord,
     Lease,
     NewRun,
@@ -41,6 +43,7 @@ from kenning.stores import postgres_match as match_sql
 from kenning.stores import postgres_schema
 from kenning.stores import postgres_sql as sql
 from kenning.stores import run_scans as scans
+from kenning.stores.claim_scope import postgres_scope_args
 from kenning.stores.db_clock import DatabaseClock
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.postgres_accept import Payload, accept_batches
@@ -258,7 +261,8 @@ class PostgresStore(PostgresRetention):
 
         async def op(conn: Conn, notes: Notes) -> tuple[Run, bool]:
             row = await conn.fetchrow(sql.CREATE_RUN, new.run_id, new.namespace, new.workflow,
-                                      new.input, self._now(), new.pool, json.dumps(new.labels))
+                                      new.input, self._now(), new.pool, json.dumps(new.labels),
+                                      new.build_id, new.upgrade)
             if row is not None:
                 notes.append(Notification(NotificationKind.RUNNABLE, new.run_id))
                 return run_from_row(row), True
@@ -276,7 +280,8 @@ class PostgresStore(PostgresRetention):
                 sql.CREATE_RUNS, self._now(), [n.run_id for n in batch],
                 [n.namespace for n in batch], [n.workflow for n in batch],
                 [n.input for n in batch], [n.pool for n in batch],
-                [json.dumps(n.labels) for n in batch])
+                [json.dumps(n.labels) for n in batch], [n.build_id for n in batch],
+                [n.upgrade for n in batch])
             found = {row["run_id"]: (bool(row["created"]), row["workflow"]) for row in rows}
             notes.extend(runnable_notes([i for i, (made, _) in found.items() if made]))
             return first_created(batch, found)
@@ -325,14 +330,18 @@ class PostgresStore(PostgresRetention):
                          workflows: Sequence[str] | None = None,
                          run_ids: Sequence[str] | None = None,
                          reclaim_own: bool = False,
-                         recovering: bool = True) -> list[ClaimedRun]:
+                         recovering: bool = True,
+                         scope: ClaimScope | None = None) -> list[ClaimedRun]:
         """Lease up to ``limit`` runnable runs (``FOR UPDATE SKIP LOCKED``) and load all
         their histories in one query."""
         if limit <= 0:
             return []
         query = sql.claim(workflows=workflows is not None, run_ids=run_ids is not None,
-                          reclaim=reclaim_own, recovering=recovering)
-        filters = [list(f) for f in (workflows, run_ids) if f is not None]
+                          reclaim=reclaim_own, recovering=recovering,
+                          scoped=scope is not None)
+        filters: list[Any] = [list(f) for f in (workflows, run_ids) if f is not None]
+        if scope is not None:
+            filters += postgres_scope_args(scope)
 
         async def op(conn: Conn, notes: Notes) -> list[ClaimedRun]:
             rows = await conn.fetch(query, worker_id, float(lease_seconds), self._sql_now(),
@@ -347,6 +356,20 @@ class PostgresStore(PostgresRetention):
             return [ClaimedRun(run, Lease(run.run_id, worker_id, run.epoch),
                                histories[run.run_id]) for run in runs]
         return await self._write(op)
+
+    async def count_live_leases(self, worker_id: str) -> int:
+        """Runs ``worker_id`` holds under an unexpired lease."""
+        now = self._sql_now()
+        return int(await self._read(lambda conn: conn.fetchval(sql.LIVE_LEASES, worker_id, now)))
+
+    async def count_unfinished_by_build(self, *, due_before: float | None = None
+                                        ) -> list[BuildCount]:
+        """Unfinished runs by (namespace, pool, workflow, build, upgrade policy)."""
+        due = None if due_before is None else float(due_before)
+        rows = await self._read(lambda conn: conn.fetch(sql.UNFINISHED_BY_BUILD, due))
+        return [BuildCount(r["namespace"], r["pool"], r["workflow"], r["build_id"],
+                           r["upgrade"], int(r["unfinished"]), int(r["runnable"]))
+                for r in rows]
 
     async def renew_leases(self, worker_id: str, run_ids: Sequence[str],
                            lease_seconds: float) -> None:

@@ -91,9 +91,9 @@ async def _insert_many(conn: Any, items: list[_Incoming], now: float, retention:
         [i.event.source for i in items], [i.event.id for i in items],
         [i.event.type for i in items], [i.event.target_run for i in items],
         [i.text for i in items])
-    inserted = {(row["source"], row["id"]): int(row["pk"]) for row in rows}
-    for item in items:  # the first of several equal (source, id) is the one inserted
-        item.pk = inserted.pop((item.event.source, item.event.id), None)
+    inserted = {(row["namespace"], row["source"], row["id"]): int(row["pk"]) for row in rows}
+    for item in items:  # the first of several equal (namespace, source, id) is inserted
+        item.pk = inserted.pop((item.namespace, item.event.source, item.event.id), None)
     new = [item for item in items if item.pk is not None]
     addressed = sorted({i.event.target_run for i in new if i.event.target_run is not None})
     broadcast = [i for i in new if i.event.target_run is None]

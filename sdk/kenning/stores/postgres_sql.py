@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kenning.core.models import Step, Wait
+from kenning.stores.claim_scope import postgres_scope
 from kenning.stores.db_clock import DB_CLOCK, DB_NOW
 from kenning.stores.rows import wait_columns
 
@@ -91,18 +92,21 @@ FINISH = fenced(", status = $10, result = $11, error = $12, finished_at = $3,"
 # -- runs ---------------------------------------------------------------------------------
 CREATE_RUN = (
     "INSERT INTO runs (run_id, namespace, workflow, input, status, created_at, updated_at,"
-    " pool, labels) VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7)"
+    " pool, labels, build_id, upgrade) VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7,"
+    " $8, $9)"
     " ON CONFLICT (run_id) DO NOTHING RETURNING *"
 )
 # Many runs: $1 now, then the columns as arrays; one row per distinct id: whether it was
 # created and the workflow its id belongs to.
 CREATE_RUNS = (
     "WITH n AS (SELECT DISTINCT ON (run_id) * FROM unnest($2::text[], $3::text[], $4::text[],"
-    " $5::text[], $6::text[], $7::text[]) WITH ORDINALITY"
-    " AS n(run_id, namespace, workflow, input, pool, labels, i) ORDER BY run_id, i),"
+    " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY"
+    " AS n(run_id, namespace, workflow, input, pool, labels, build_id, upgrade, i)"
+    " ORDER BY run_id, i),"
     " ins AS (INSERT INTO runs (run_id, namespace, workflow, input, status, created_at,"
-    " updated_at, pool, labels) SELECT run_id, namespace, workflow, input, 'pending', $1, $1,"
-    " pool, labels FROM n ORDER BY i ON CONFLICT (run_id) DO NOTHING RETURNING run_id)"
+    " updated_at, pool, labels, build_id, upgrade) SELECT run_id, namespace, workflow, input,"
+    " 'pending', $1, $1, pool, labels, build_id, upgrade FROM n ORDER BY i"
+    " ON CONFLICT (run_id) DO NOTHING RETURNING run_id)"
     " SELECT n.run_id, ins.run_id IS NOT NULL AS created, COALESCE(r.workflow, n.workflow)"
     " AS workflow FROM n LEFT JOIN ins ON ins.run_id = n.run_id"
     " LEFT JOIN runs r ON r.run_id = n.run_id"
@@ -124,6 +128,16 @@ CANCEL = (
 RENEW = store_time(
     "UPDATE runs SET lease_expires = $4 + $1"
     " WHERE lease_owner = $2 AND status = 'running' AND run_id = ANY($3::text[])", 4)
+# $1 worker, $2 now (NULL: the database's clock)
+LIVE_LEASES = store_time(
+    "SELECT count(*) FROM runs WHERE status = 'running' AND lease_owner = $1"
+    " AND lease_expires >= $2", 2)
+UNFINISHED_BY_BUILD = (  # reads the unfinished runs only, through an index on the status
+    "SELECT namespace, pool, workflow, build_id, upgrade, count(*) AS unfinished,"
+    " count(*) FILTER (WHERE status IN ('pending', 'running') OR wake_at <= $1) AS runnable"
+    " FROM runs WHERE status IN ('pending', 'running', 'waiting_for_event',"
+    " 'waiting_for_timer') GROUP BY namespace, pool, workflow, build_id, upgrade"
+)
 NEXT_WAKE = (
     "SELECT min(wake_at) FROM runs WHERE status IN ('waiting_for_event', 'waiting_for_timer')"
     " AND wake_at IS NOT NULL"
@@ -136,21 +150,26 @@ DB_TIME = f"SELECT {DB_CLOCK}"
 
 
 @functools.lru_cache(maxsize=16)
-def claim(*, workflows: bool, run_ids: bool, reclaim: bool, recovering: bool = True) -> str:
+def claim(*, workflows: bool, run_ids: bool, reclaim: bool, recovering: bool = True,
+          scoped: bool = False) -> str:
     """Lease runnable runs in one statement: $1 worker, $2 lease seconds, $3 now (NULL: the
     database's clock), $4 limit, then the workflow names and the run ids as arrays when
-    they filter.
+    they filter, then the five ``claim_scope`` parameters when scoped.
 
     Pending, due and expired runs are taken oldest first from one index each (a single
     ``OR`` over the three would walk every run in creation order); each branch locks what
     it takes, and the oldest ``$4`` of the three win."""
     own = " OR lease_owner = $1" if reclaim else ""
-    filters, n = "", 5
+    filters, sets, n = "", "", 5
     if workflows:
         filters += f" AND workflow = ANY(${n}::text[])"
         n += 1
     if run_ids:
         filters += f" AND run_id = ANY(${n}::text[])"
+        n += 1
+    if scoped:
+        scope_filters, sets = postgres_scope(n)
+        filters += scope_filters
 
     def branch(name: str, condition: str) -> str:
         return (f"{name} AS (SELECT run_id, created_at FROM runs WHERE {condition}{filters}"
@@ -165,7 +184,7 @@ def claim(*, workflows: bool, run_ids: bool, reclaim: bool, recovering: bool = T
         " UPDATE runs SET status = 'running', lease_owner = $1, lease_expires = $3 + $2,"
         " epoch = epoch + 1, started_at = COALESCE(started_at, $3), updated_at = $3,"
         + (" recoveries = recoveries + (status = 'running')::int" if recovering
-           else " recoveries = recoveries") +
+           else " recoveries = recoveries") + sets +
         " WHERE run_id IN (SELECT run_id FROM c) RETURNING *", 3
     )
 
@@ -191,7 +210,7 @@ def list_runs(*, namespace: bool, status: bool, workflow: bool) -> str:
 _INSERT_EVENT = (
     "WITH ins AS (INSERT INTO events (namespace, source, id, type, target_run, record,"
     " received_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-    " ON CONFLICT (source, id) DO NOTHING RETURNING pk)"
+    " ON CONFLICT (namespace, source, id) DO NOTHING RETURNING pk)"
     " SELECT ins.pk AS event_pk, r.* FROM ins LEFT JOIN LATERAL ({runs}) r ON true"
 )
 ACCEPT_ADDRESSED = _INSERT_EVENT.format(runs="SELECT * FROM runs WHERE run_id = $5 FOR UPDATE")
@@ -204,7 +223,7 @@ INSERT_EVENTS = (
     " expires_at) SELECT e.ns, e.src, e.id, e.typ, e.tgt, e.rec, $1, $2 FROM unnest($3::text[],"
     " $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) WITH ORDINALITY"
     " AS e(ns, src, id, typ, tgt, rec, n) ORDER BY e.n"
-    " ON CONFLICT (source, id) DO NOTHING RETURNING pk, source, id"
+    " ON CONFLICT (namespace, source, id) DO NOTHING RETURNING pk, namespace, source, id"
 )
 LOCK_RUNS = "SELECT * FROM runs WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE"
 # Resume the runs that still wait as they were read: $1 runs, $2 event pks, $3 seqs,

@@ -67,6 +67,8 @@ def run_from_row(row: Mapping[str, Any]) -> Run:
         labels=json.loads(row["labels"]) if row["labels"] else {},
         activity_attempts=attempts_from_text(row["activity_attempts"]),
         recoveries=row["recoveries"] or 0,
+        build_id=row["build_id"],
+        upgrade=row["upgrade"],
     )
 
 

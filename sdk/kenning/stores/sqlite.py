@@ -15,7 +15,9 @@ from kenning.core.matching import event_matches
 from kenning.core.models import (
     AcceptOutcome,
     AcceptResult,
+    BuildCount,
     ClaimedRun,
+    ClaimScope,
     CloudEventRecord,
     Lease,
     NewRun,
@@ -33,6 +35,7 @@ from kenning.core.store import EventWaitResult, Listener
 from kenning.core.validation import validate_events, validate_new_run
 from kenning.stores import run_scans as scans
 from kenning.stores import sqlite_match, sqlite_schema
+from kenning.stores.claim_scope import sqlite_scope
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.rows import (
     DEFAULT_FINISHED_RETENTION,
@@ -132,9 +135,10 @@ class SqliteStore(SqliteRetention):
             now = self.clock()
             cur = conn.execute(
                 "INSERT OR IGNORE INTO runs (run_id, namespace, workflow, input, status, "
-                "created_at, updated_at, pool, labels) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                "created_at, updated_at, pool, labels, build_id, upgrade)"
+                " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
                 (new.run_id, new.namespace, new.workflow, new.input, now, now, new.pool,
-                 json.dumps(new.labels)),
+                 json.dumps(new.labels), new.build_id, new.upgrade),
             )
             created = cur.rowcount == 1
             if created:
@@ -154,10 +158,10 @@ class SqliteStore(SqliteRetention):
                     continue
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO runs (run_id, namespace, workflow, input, status,"
-                    " created_at, updated_at, pool, labels)"
-                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                    " created_at, updated_at, pool, labels, build_id, upgrade)"
+                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
                     (new.run_id, new.namespace, new.workflow, new.input, now, now, new.pool,
-                     json.dumps(new.labels)))
+                     json.dumps(new.labels), new.build_id, new.upgrade))
                 if cur.rowcount == 1:
                     found[new.run_id] = (True, new.workflow)
                 else:
@@ -230,10 +234,13 @@ class SqliteStore(SqliteRetention):
                          workflows: Sequence[str] | None = None,
                          run_ids: Sequence[str] | None = None,
                          reclaim_own: bool = False,
-                         recovering: bool = True) -> list[ClaimedRun]:
+                         recovering: bool = True,
+                         scope: ClaimScope | None = None) -> list[ClaimedRun]:
         """Lease up to ``limit`` runnable runs and load their histories."""
-        filters = ""
+        filters = sets = ""
         params: dict[str, Any] = {}
+        if scope is not None:
+            filters, sets, params = sqlite_scope(scope)
         if workflows is not None:
             names = {f"wf{i}": w for i, w in enumerate(workflows)}
             filters += f" AND workflow IN ({', '.join(':' + k for k in names) or 'NULL'})"
@@ -246,7 +253,7 @@ class SqliteStore(SqliteRetention):
             "UPDATE runs SET status = 'running', lease_owner = :worker, lease_expires = :expires,"
             " epoch = epoch + 1, started_at = COALESCE(started_at, :now), updated_at = :now,"
             + (" recoveries = recoveries + (status = 'running')" if recovering else
-               " recoveries = recoveries") +
+               " recoveries = recoveries") + sets +
             f" WHERE run_id IN (SELECT run_id FROM runs WHERE {_RUNNABLE} {filters}"
             " ORDER BY created_at LIMIT :limit) RETURNING *"
         )
@@ -263,6 +270,29 @@ class SqliteStore(SqliteRetention):
                                           self._history(conn, run.run_id)))
                 notes.append(Notification(NotificationKind.CLAIMED, run.run_id))
             return claimed
+        return await self._writer.run(op)
+
+    async def count_live_leases(self, worker_id: str) -> int:
+        """Runs ``worker_id`` holds under an unexpired lease."""
+        def op(conn: Conn, notes: Notes) -> int:
+            return int(conn.execute(
+                "SELECT COUNT(*) FROM runs WHERE status = 'running' AND lease_owner = ?"
+                " AND lease_expires >= ?", (worker_id, self.clock())).fetchone()[0])
+        return await self._writer.run(op)
+
+    async def count_unfinished_by_build(self, *, due_before: float | None = None
+                                        ) -> list[BuildCount]:
+        """Unfinished runs by (namespace, pool, workflow, build, upgrade policy)."""
+        def op(conn: Conn, notes: Notes) -> list[BuildCount]:
+            rows = conn.execute(
+                "SELECT namespace, pool, workflow, build_id, upgrade, COUNT(*) AS unfinished,"
+                " SUM(status IN ('pending', 'running') OR wake_at <= :due) AS runnable"
+                " FROM runs WHERE status IN ('pending', 'running', 'waiting_for_event',"
+                " 'waiting_for_timer') GROUP BY namespace, pool, workflow, build_id, upgrade",
+                {"due": due_before})
+            return [BuildCount(r["namespace"], r["pool"], r["workflow"], r["build_id"],
+                               r["upgrade"], int(r["unfinished"]), int(r["runnable"] or 0))
+                    for r in rows]
         return await self._writer.run(op)
 
     async def renew_leases(self, worker_id: str, run_ids: Sequence[str],

@@ -136,6 +136,35 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN activity_attempts TEXT;
     ALTER TABLE runs ADD COLUMN recoveries INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: tenancy: the build a run started on, its upgrade policy, events deduplicated per
+    # namespace (SQLite cannot drop a table's UNIQUE constraint: the table is rebuilt)
+    """
+    ALTER TABLE runs ADD COLUMN build_id TEXT;
+    ALTER TABLE runs ADD COLUMN upgrade TEXT NOT NULL DEFAULT 'pinned';
+    CREATE INDEX runs_unfinished_build ON runs(namespace, pool, build_id)
+        WHERE status IN ('pending', 'running', 'waiting_for_event', 'waiting_for_timer');
+    CREATE TABLE events_per_namespace (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace TEXT NOT NULL,
+        source TEXT NOT NULL,
+        id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        target_run TEXT,
+        record TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        UNIQUE (namespace, source, id)
+    );
+    INSERT INTO events_per_namespace (pk, namespace, source, id, type, target_run, record,
+        received_at, expires_at)
+        SELECT pk, namespace, source, id, type, target_run, record, received_at, expires_at
+        FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_per_namespace RENAME TO events;
+    CREATE INDEX events_kept ON events(namespace, type, received_at);
+    CREATE INDEX events_inbox ON events(target_run, type) WHERE target_run IS NOT NULL;
+    CREATE INDEX events_expiry ON events(expires_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -130,6 +130,7 @@ def workerpool_crd() -> Schema:
             {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
             {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
             {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Versions", "type": "string", "jsonPath": ".status.versionSummary"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
             {"name": "Active Runs", "type": "integer", "jsonPath": ".status.activeRuns",
              "priority": 1},

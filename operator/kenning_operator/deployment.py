@@ -6,6 +6,7 @@ from typing import Any
 
 from kenning_operator.config import OperatorConfig
 from kenning_operator.resources import API_VERSION, MANAGED_BY, POOL_LABEL, WorkerPoolSpec
+from kenning_operator.versions import BUILD_ANNOTATION, bounds_env, build_of
 
 WORKER_PROBE_PORT = 8080
 """The port of a worker pod's ``/healthz``, ``/readyz`` and ``/metrics`` (``--probe-port``)."""
@@ -30,9 +31,8 @@ def worker_deployment(*, namespace: str, pool: str, uid: str, spec: WorkerPoolSp
     env: list[dict[str, Any]] = [
         {"name": "KENNING_DATABASE", "valueFrom": {"secretKeyRef": {
             "name": config.worker_secret, "key": config.worker_secret_key}}},
-        {"name": "KENNING_WORKER_ID", "valueFrom": {"fieldRef": {
-            "fieldPath": "metadata.name"}}},
-        {"name": "KENNING_POOL", "value": pool},
+        # no KENNING_WORKER_ID: the default <pod name>-<pid>-<random> is unique per process
+        *bounds_env(namespace=namespace, pool=pool, spec=spec),
         {"name": "KENNING_PROBE_PORT", "value": str(WORKER_PROBE_PORT)},
         *({"name": k, "value": v} for k, v in sorted(config.extra_worker_env.items())),
         *spec.env,
@@ -67,7 +67,9 @@ def worker_deployment(*, namespace: str, pool: str, uid: str, spec: WorkerPoolSp
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector_labels(pool)},
-            "template": {"metadata": {"labels": labels, "annotations": _SCRAPE},
+            "template": {"metadata": {"labels": labels,
+                                      "annotations": {**_SCRAPE,
+                                                      BUILD_ANNOTATION: build_of(spec)}},
                          "spec": pod_spec},
         },
     }

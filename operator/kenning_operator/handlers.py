@@ -55,6 +55,7 @@ async def start_run(op: KenningOperator, body: Mapping[str, Any]) -> None:
     args, kwargs = input_from_json(spec.input)
     new = NewRun(run_id=run_id, namespace=namespace, workflow=spec.workflow,
                  input=encode_input(args, kwargs), pool=spec.pool,
+                 upgrade=spec.upgrade or "pinned",
                  labels={CR_UID_LABEL: uid, CR_NAME_LABEL: name[:63]})
     run, created = await op.store.create_run(new)
     if run.workflow != spec.workflow:

@@ -43,8 +43,9 @@ OPERATOR_RULES: tuple[Rule, ...] = (
     Rule("A pool owns its Deployment with blockOwnerDeletion (required by the "
          "OwnerReferencesPermissionEnforcement admission plugin).", ("kenning.dev",),
          ("workerpools/finalizers",), ("update",)),
-    Rule("The Deployment each WorkerPool owns: read, created, resized (no list or watch).",
-         ("apps",), ("deployments",), ("get", "create", "patch")),
+    Rule("The Deployments each WorkerPool owns: read, created, resized, and an old "
+         "version's deleted once its last run finished (no list or watch).",
+         ("apps",), ("deployments",), ("get", "create", "patch", "delete")),
     Rule("Transitions as Kubernetes Events.", ("",), ("events",), ("create",)),
 )
 PEERING_RULE = Rule("kopf peering, only with --peering (HA with several operator "

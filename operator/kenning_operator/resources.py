@@ -80,7 +80,12 @@ class WorkflowRunSpec(_Model):
         default=None, description="Arguments: an object (keywords), an array (positional) "
                                   "or one value. Read once, when the run starts.")
     pool: str | None = Field(default=None, max_length=253,
-                             description="The WorkerPool expected to serve this run.")
+                             description="The WorkerPool whose workers run this run (default: "
+                                         "any pool of the namespace that serves the workflow).")
+    upgrade: Literal["pinned", "auto"] | None = Field(
+        default=None, description="pinned (default): the run stays on the pool version "
+                                  "(build) it started on; auto: workers of a newer version "
+                                  "may resume it.")
     run_id: str | None = Field(
         default=None, max_length=200, pattern=RUN_ID_PATTERN,
         description="The store's run id (default: derived from the resource's uid).")
@@ -171,6 +176,11 @@ class WorkerPoolSpec(_Model):
     ]})
 
     image: str = Field(min_length=1, description="Container image holding the workflow code.")
+    version: str | None = Field(
+        default=None, min_length=1, max_length=128,
+        description="The build id of the workers (default: the image reference). When it "
+                    "changes, runs started on the old version finish on workers of the old "
+                    "version, and new runs go to the new one.")
     module: str = Field(min_length=1, description="Module (or .py file) whose @workflow "
                                                   "functions the workers serve.")
     workflows: list[Annotated[str, Field(max_length=253)]] = Field(
@@ -199,6 +209,17 @@ class WorkerPoolSpec(_Model):
         return self
 
 
+class PoolVersion(_Model):
+    """One version (build) of a pool that still has work, and its Deployment."""
+
+    build: str
+    deployment: str
+    current: bool = Field(description="The newest version: it takes the new runs.")
+    runs: int = Field(description="Unfinished runs this version holds.")
+    runnable_runs: int = 0
+    replicas: int | None = None
+
+
 class WorkerPoolStatus(_Model):
     """The pool's Deployment and the work it has."""
 
@@ -210,6 +231,11 @@ class WorkerPoolStatus(_Model):
     last_active_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=_CONDITIONS_LIST)
+    versions: list[PoolVersion] = Field(
+        default_factory=list, description="The newest version and every older one that still "
+                                          "has unfinished runs.")
+    version_summary: str | None = Field(
+        default=None, description="One line for `kubectl get`: each version and its runs.")
 
 
 class WorkerPool(_Model):

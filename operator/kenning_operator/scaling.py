@@ -25,6 +25,7 @@ from kenning_operator.metrics import Metrics
 from kenning_operator.outage import LoopSupervisor, Outage
 from kenning_operator.resources import API_VERSION, WorkerPoolSpec
 from kenning_operator.status import timestamp
+from kenning_operator.versions import PoolVersions
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class PoolScaler:
         self._outage = Outage("pool scaler")
         self.supervisor: LoopSupervisor | None = None
         """Told when the loop dies of a bug (set by the operator)."""
+        self.versions = PoolVersions(store, kube, pools)
 
     async def start(self) -> None:
         """Start the sizing loop."""
@@ -89,6 +91,7 @@ class PoolScaler:
     def forget(self, namespace: str, name: str) -> None:
         """A pool was deleted."""
         self._state.pop((namespace, name), None)
+        self.versions.forget(namespace, name)
 
     async def ensure_deployment(self, pool: PoolRef) -> None:
         """Create the pool's Deployment, or bring its pod template up to date."""
@@ -99,6 +102,8 @@ class PoolScaler:
         name = deployment_name(pool.name)
         existing = await self.kube.get(f"{path}/{name}")
         replicas = (existing or {}).get("spec", {}).get("replicas")
+        if existing is not None:
+            await self.versions.retire(pool, existing)  # before the template moves on
         body = worker_deployment(namespace=pool.namespace, pool=pool.name, uid=pool.uid,
                                  spec=pool.spec, config=self.config,
                                  replicas=replicas if replicas is not None
@@ -137,9 +142,14 @@ class PoolScaler:
     async def size_all(self) -> None:
         """Size every pool once."""
         counts = await self.active_runs()
+        await self.versions.refresh()
         for pool in self.pools:
             if pool.spec is not None:
-                await self._size(pool, pool.spec, counts[(pool.namespace, pool.name)])
+                active = counts[(pool.namespace, pool.name)]
+                active = max(0, active - self.versions.held_by_old_versions(pool))
+                await self._size(pool, pool.spec, active)
+                await self.versions.reconcile(pool, deployment_name(pool.name),
+                                              self._state[(pool.namespace, pool.name)].replicas)
 
     async def _size(self, pool: PoolRef, spec: WorkerPoolSpec, active: int) -> None:
         key = (pool.namespace, pool.name)

@@ -169,14 +169,17 @@ def _env(database: str, **extra: str) -> dict[str, str]:
 
 @pytest.fixture
 async def spawn_worker(database: str, tmp_path: Path) -> AsyncIterator[Spawn]:
-    """Start ``kenning worker --module tests.operator.flows`` as the pod would."""
+    """Start ``kenning worker --module tests.operator.flows --pool flows`` as the pod
+    would."""
     procs: list[asyncio.subprocess.Process] = []
 
-    async def spawn(worker_id: str = "pod-1") -> asyncio.subprocess.Process:
+    async def spawn(worker_id: str = "pod-1", pool: str = "flows"
+                    ) -> asyncio.subprocess.Process:
         log = (tmp_path / f"worker-{worker_id}.log").open("ab")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kenning.runtime.cli", "worker", "--module",
             "tests.operator.flows", "--database", database, "--worker-id", worker_id,
+            "--pool", pool,
             cwd=str(REPO), env=_env(database), stdout=log, stderr=log)
         procs.append(proc)
         return proc

@@ -48,7 +48,7 @@ def test_crd_shape() -> None:
     assert columns == ["Workflow", "Phase", "Waiting For", "Age"]
     columns = [c["name"] for c in pools["versions"][0]["additionalPrinterColumns"]
                if not c.get("priority")]
-    assert columns == ["Image", "Desired", "Ready", "Age"]
+    assert columns == ["Image", "Desired", "Ready", "Versions", "Age"]
 
 
 # -- CEL --------------------------------------------------------------------------------

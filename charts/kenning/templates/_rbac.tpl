@@ -19,10 +19,10 @@ The operator's RBAC rules: the calls it makes, and nothing more.
 - apiGroups: [kenning.dev]
   resources: [workerpools/finalizers]
   verbs: [update]
-# The Deployment each WorkerPool owns: read, created, resized (no list or watch).
+# The Deployments each WorkerPool owns: read, created, resized, and an old version's deleted once its last run finished (no list or watch).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 # Transitions as Kubernetes Events.
 - apiGroups: [""]
   resources: [events]

@@ -89,7 +89,7 @@ async def post_payment_event(port: int) -> None:
 
 async def main(serve_only: bool = False, port: int = 8001) -> None:
     """Start ORD-123's run, serve the sink, deliver the event and print the result."""
-    async with App(database="event_demo.db", worker_id="worker-1") as app:
+    async with App(database="event_demo.db") as app:
         run_id = await payment_workflow.start(app, "ORD-123")
         print(f"started run {run_id}: {(await app.get_run(run_id)).status.value}")
         if serve_only:

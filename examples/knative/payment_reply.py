@@ -47,7 +47,7 @@ async def payment_reply_workflow(ctx: WorkflowContext, order_id: str,
 
 async def main() -> None:
     """Run one payment embedded: the payment service's answer is published in-process."""
-    async with App(database="payment_reply.db", worker_id="worker-1") as app:
+    async with App(database="payment_reply.db") as app:
         run_id = await payment_reply_workflow.start(app, "ORD-7", 42.0)
         await app.publish("payment.completed", {"order_id": "ORD-7", "transaction_id": "TXN-7",
                                                 "amount": 42.0})

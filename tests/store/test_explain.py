@@ -18,9 +18,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from kenning.core.models import ClaimScope
 from kenning.stores import postgres_match as match_sql
 from kenning.stores import postgres_retention as retention_sql
 from kenning.stores import postgres_sql as sql
+from kenning.stores.claim_scope import postgres_scope_args
 from kenning.stores.postgres import PostgresStore
 from tests.pg_server import PgServer
 
@@ -154,11 +156,20 @@ async def test_claims_use_indexes(loaded: str, workflows: bool, run_ids: bool,
     await assert_no_scan(loaded, query, "worker-1", 30.0, None, 64, *filters)
 
 
+@pytest.mark.parametrize(("workflows", "reclaim"), [(False, False), (True, True)])
+async def test_scoped_claims_use_indexes(loaded: str, workflows: bool, reclaim: bool) -> None:
+    query = sql.claim(workflows=workflows, run_ids=False, reclaim=reclaim, scoped=True)
+    scope = postgres_scope_args(ClaimScope(("default", "other"), "p1", "v1",
+                                           auto_upgrade=("wf2",)))
+    filters = [["wf1", "wf2"]] if workflows else []
+    await assert_no_scan(loaded, query, "worker-1", 30.0, None, 64, *filters, *scope)
+
+
 @pytest.mark.parametrize("name", [
     "accept_broadcast", "accept_addressed", "candidates", "paths", "resume", "lock_runs",
     "insert_events", "find_events", "deliver", "wait_for_event", "next_wake", "history",
     "histories", "get_run", "create_run", "create_runs", "renew", "cancel", "purge_events",
-    "due_outbox", "purge_namespaces", "purge_runs"])
+    "due_outbox", "purge_namespaces", "purge_runs", "live_leases"])
 async def test_hot_statements_use_indexes(loaded: str, name: str) -> None:
     event = ["default", "/t", "new-1", "order.paid", None, "{}", NOW, NOW + 60]
     statements: dict[str, tuple[str, list[Any]]] = {
@@ -179,13 +190,16 @@ async def test_hot_statements_use_indexes(loaded: str, name: str) -> None:
         "history": (sql.HISTORY, ["run-70000"]),
         "histories": (sql.HISTORIES, [["run-70000", "run-90001"]]),
         "get_run": (sql.GET_RUN, ["run-70000"]),
-        "create_run": (sql.CREATE_RUN, ["new", "default", "wf", "[]", NOW, None, "{}"]),
+        "create_run": (sql.CREATE_RUN, ["new", "default", "wf", "[]", NOW, None, "{}", None,
+                                        "pinned"]),
+        "live_leases": (sql.LIVE_LEASES, ["worker-1", None]),
         "renew": (sql.RENEW, [30.0, "worker-1", ["run-99001"], None]),
         "cancel": (sql.CANCEL, ["run-70000", "test", NOW]),
         "purge_events": (sql.PURGE, [NOW]),
         "due_outbox": (sql.DUE_OUTBOX, [NOW, 100, 30.0]),
         "create_runs": (sql.CREATE_RUNS, [NOW, ["run-5", "new-1"], ["default"] * 2, ["wf"] * 2,
-                                          ["[]"] * 2, [None] * 2, ["{}"] * 2]),
+                                          ["[]"] * 2, [None] * 2, ["{}"] * 2, [None] * 2,
+                                          ["pinned"] * 2]),
         "purge_namespaces": (retention_sql.NAMESPACES, []),
         "purge_runs": (retention_sql.PURGE_RUNS, ["default", NOW - 86400 * 30, 500]),
     }

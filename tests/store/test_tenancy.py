@@ -105,3 +105,13 @@ async def test_unfinished_runs_by_build(store: Store, fake_clock: FakeClock) -> 
     assert {(c.pool, c.build_id): c.runnable for c in later}[("p1", "v1")] == 1
     none_due = await store.count_unfinished_by_build()
     assert {(c.pool, c.build_id): c.runnable for c in none_due}[("p1", "v1")] == 0
+
+
+async def test_many_runs_started_at_once_keep_their_pool_build_and_policy(store: Store) -> None:
+    news = [NewRun(f"m{i}", "default", "wf", "[]", pool="p1", build_id="v3", upgrade="auto")
+            for i in range(3)]
+    assert [made for made, _ in await store.create_runs(news)] == [True] * 3
+    for i in range(3):
+        run = await store.get_run(f"m{i}")
+        assert run is not None
+        assert (run.pool, run.build_id, run.upgrade) == ("p1", "v3", "auto")

@@ -169,16 +169,21 @@ class Client:
         *,
         run_ids: Sequence[str] | None = None,
         namespace: str | None = None,
+        pool: str | None = None,
+        upgrade: str | None = None,
     ) -> list[str]:
         """Start a run per element of ``inputs`` in one round trip per
         ``START_MANY_CHUNK`` runs; returns their ids in order.
 
         Each element is the one argument of its run, or a tuple of its positional
         arguments. ``run_ids`` (as many as inputs) makes each start idempotent like
-        ``start``: an existing id is returned, not started again.
+        ``start``: an existing id is returned, not started again. ``pool`` and ``upgrade``
+        are as for ``start``.
         """
+        policy = "pinned"
         if isinstance(workflow, WorkflowDefinition):
             name = workflow.name
+            policy = workflow.upgrade
         elif isinstance(workflow, str) and workflow:
             name = workflow
         else:
@@ -197,8 +202,10 @@ class Client:
         ns = check_namespace(namespace or self.namespace)
         ids = list(run_ids) if run_ids is not None else [
             f"run-{uuid.uuid4().hex[:16]}" for _ in payloads]
-        news = [NewRun(run_id=i, namespace=ns, workflow=name, input=p)
-                for i, p in zip(ids, payloads, strict=True)]
+        if upgrade is not None:
+            policy = check_upgrade(upgrade, f"start_many of '{name}'")
+        news = [NewRun(run_id=i, namespace=ns, workflow=name, input=p, pool=pool or None,
+                       upgrade=policy) for i, p in zip(ids, payloads, strict=True)]
         await create_runs(self.store, news)
         return ids
 

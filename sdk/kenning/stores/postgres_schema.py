@@ -155,8 +155,6 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN build_id text;
     ALTER TABLE runs ADD COLUMN upgrade text NOT NULL DEFAULT 'pinned';
-    CREATE INDEX runs_unfinished_build ON runs (namespace, pool, build_id)
-        WHERE status IN ('pending', 'running', 'waiting_for_event', 'waiting_for_timer');
     ALTER TABLE events DROP CONSTRAINT events_source_id_key;
     ALTER TABLE events ADD CONSTRAINT events_namespace_source_id_key
         UNIQUE (namespace, source, id);

@@ -141,8 +141,6 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN build_id TEXT;
     ALTER TABLE runs ADD COLUMN upgrade TEXT NOT NULL DEFAULT 'pinned';
-    CREATE INDEX runs_unfinished_build ON runs(namespace, pool, build_id)
-        WHERE status IN ('pending', 'running', 'waiting_for_event', 'waiting_for_timer');
     CREATE TABLE events_per_namespace (
         pk INTEGER PRIMARY KEY AUTOINCREMENT,
         namespace TEXT NOT NULL,

@@ -28,7 +28,8 @@ async def quick(ctx: WorkflowContext, n: int) -> int:
 async def test_worker_purges_finished_runs_after_retention(make_app: AppFactory) -> None:
     clock = FakeClock()
     options = WorkerOptions(poll_interval=0.05, lease_seconds=5.0, purge_interval=0.05)
-    async with make_app([quick, double], worker_options=options, clock=clock) as app:
+    async with make_app([quick, double], worker_options=options, clock=clock,
+                        namespaces=["default", "keep"]) as app:
         ids = await app.start_many(quick, [1, 2, 3])
         assert [await app.result(i, timeout=10) for i in ids] == [2, 4, 6]
         await app.store.set_finished_retention("keep", 0)

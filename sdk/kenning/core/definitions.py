@@ -269,7 +269,8 @@ class Registry:
     @property
     def auto_upgrade(self) -> list[str]:
         """Names of the registered workflows declared ``upgrade="auto"``, sorted."""
-        return sorted(n for n, wf in self._by_name.items() if wf.upgrade == "auto")
+        return sorted(n for n, wf in self._by_name.items()
+                      if getattr(wf, "upgrade", "pinned") == "auto")
 
 
 @overload

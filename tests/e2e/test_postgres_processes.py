@@ -37,7 +37,7 @@ async def test_a_killed_worker_loses_nothing_and_nothing_runs_twice_to_the_end(
                 held = [r for r in await client.store.list_runs(status=RunStatus.RUNNING,
                                                                 limit=100)
                         if r.lease_owner == "w1"]
-                if held and markers["w1"].exists():
+                if held and markers["w1"].exists() and markers["w1"].read_text():
                     break
                 await asyncio.sleep(0.02)
         processes[0].send_signal(signal.SIGKILL)

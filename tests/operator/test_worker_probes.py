@@ -7,6 +7,7 @@ from kenning.runtime import config as cli_config
 from kenning_operator.config import OperatorConfig
 from kenning_operator.deployment import WORKER_PROBE_PORT, worker_deployment
 from kenning_operator.resources import WorkerPoolSpec
+from kenning_operator.versions import BUILD_ANNOTATION, build_of
 
 
 def test_worker_deployment_probes_the_workers_and_is_scraped() -> None:
@@ -23,4 +24,4 @@ def test_worker_deployment_probes_the_workers_and_is_scraped() -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probe"}
     assert template["metadata"]["annotations"] == {
         "prometheus.io/scrape": "true", "prometheus.io/port": str(WORKER_PROBE_PORT),
-        "prometheus.io/path": "/metrics"}
+        "prometheus.io/path": "/metrics", BUILD_ANNOTATION: build_of(spec)}

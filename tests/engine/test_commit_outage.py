@@ -90,6 +90,11 @@ async def test_commit_is_retried_while_the_lease_holds(
     assert [s.value for s in await pg.load_history("r-outage")] == ['"done a"']
     retrying = [r for r in caplog.records if "retrying the commit" in r.getMessage()]
     assert len(retrying) == 1 and retrying[0].levelno == logging.WARNING  # once per outage
+    back = [r for r in caplog.records if "store reachable again" in r.getMessage()]
+    assert len(back) == 1, "the end of the outage is logged once"
+    writes = [r for r in caplog.records if r.name.endswith("postgres_writer")
+              and r.levelno >= logging.WARNING]
+    assert len(writes) <= 2, [r.getMessage() for r in writes]  # start and end, not per batch
 
 
 async def test_lease_running_out_abandons_and_the_run_resumes(

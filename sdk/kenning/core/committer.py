@@ -30,6 +30,34 @@ RETRY_FIRST = 0.05  # seconds before the first retry of a commit
 RETRY_CAP = 2.0  # the longest pause between retries
 
 
+class _RetryingCommits:
+    """The runs of this process retrying a commit through an outage, logged as one: a
+    WARNING when the first starts and one when the last is through, each run at debug."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def enter(self, run_id: str, remaining: float, exc: StoreUnavailable) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            log.warning("store unavailable; retrying the commit of run %s, and of any other "
+                        "run that meets the outage, while leases hold (%.1f s left): %s",
+                        run_id, remaining, exc)
+        else:
+            log.debug("run %s: retrying its commit while the lease holds", run_id)
+
+    def leave(self, run_id: str, *, committed: bool) -> None:
+        self.runs = max(0, self.runs - 1)
+        log.debug("run %s: commit %s after the outage", run_id,
+                  "went through" if committed else "given up")
+        if self.runs == 0:
+            log.warning("store reachable again: the commits held through the outage are done")
+
+
+# one per process: an outage is felt by every run at once, and logged once for all
+_RETRYING = _RetryingCommits()
+
+
 class Abandoned(BaseException):
     """Unwinds a workflow whose lease was lost: another owner or a cancel took over."""
 
@@ -66,9 +94,12 @@ class LeaseCommitter:
                 if outage is not None and seq is not None:
                     recorded = await self._recorded(seq)
                     if recorded is not None:
+                        _RETRYING.leave(run_id, committed=True)
                         return on_recorded(recorded) if on_recorded is not None else None  # type: ignore[return-value]
                 result = await make()
             except LeaseLost as exc:
+                if outage is not None:
+                    _RETRYING.leave(run_id, committed=False)
                 if outage is not None and exc.epoch == self.lease.epoch and exc.status in settled:
                     log.info("run %s: the commit had gone through before the outage ended",
                              run_id)
@@ -78,19 +109,20 @@ class LeaseCommitter:
             except StoreUnavailable as exc:
                 remaining = self._remaining()
                 if remaining is None or remaining <= 0:
+                    if outage is not None:
+                        _RETRYING.leave(run_id, committed=False)
                     log.warning("run %s: store unavailable and the lease of %s (epoch %d) has "
                                 "run out; leaving the run to be resumed by any worker: %s",
                                 run_id, self.lease.owner, self.lease.epoch, exc)
                     raise Abandoned from None
                 if outage is None:
-                    log.warning("run %s: store unavailable; retrying the commit while the "
-                                "lease holds (%.1f s left): %s", run_id, remaining, exc)
+                    _RETRYING.enter(run_id, remaining, exc)
                 outage = exc
                 await asyncio.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
                 delay = min(RETRY_CAP, delay * 2)
                 continue
             if outage is not None:
-                log.info("run %s: the store is back; the commit went through", run_id)
+                _RETRYING.leave(run_id, committed=True)
             return result
 
     def _remaining(self) -> float | None:

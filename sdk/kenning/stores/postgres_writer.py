@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from kenning.core.errors import LeaseLost, RunNotFound, StoreOverloaded, StoreUnavailable
 from kenning.core.models import Notification
+from kenning.core.outage import Outage
 from kenning.stores.postgres_errors import RETRYABLE_ERRORS, is_connection_error, operation_error
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class GroupCommitWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = True
         self._idle = 0
+        self._outage = Outage("PostgreSQL writes", log)
 
     def start(self) -> None:
         """Start the writer tasks."""
@@ -327,6 +329,7 @@ class GroupCommitWriter:
 
     # -- results ------------------------------------------------------------------------
     def _deliver(self, outcomes: list[_Outcome]) -> None:
+        self._outage.recovered()
         notes: list[Notification] = []
         for job, value, error, job_notes in outcomes:
             if error is not None and isinstance(error, RETRYABLE_ERRORS) and self._retry(job):
@@ -349,15 +352,16 @@ class GroupCommitWriter:
         self._queue.put_nowait(job)
         return True
 
-    @staticmethod
-    def _fail(jobs: list[_Job], cause: BaseException, *, unknown: bool) -> None:
+    def _fail(self, jobs: list[_Job], cause: BaseException, *, unknown: bool) -> None:
         if isinstance(cause, Exception) and not is_connection_error(cause):
             error: BaseException = cause
+            log.warning("PostgreSQL batch of %d failed: %s", len(jobs), error)
         else:
             error = operation_error(cause)
             if unknown:
                 error = StoreUnavailable(f"{error} (the commit's outcome is unknown)")
-        log.warning("PostgreSQL batch of %d failed: %s", len(jobs), error)
+            # an unreachable database fails every batch: logged once when it starts
+            self._outage.failed(error)
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(error)

@@ -37,6 +37,9 @@ from tests.operator.emulator import POOLS, RUNS, Emulator  # noqa: E402
 from tests.pg_server import pg_dsn, pg_server  # noqa: E402, F401  (fixtures)
 
 WAIT = 20.0
+STOP_WAIT = 60.0
+"""Bound on an operator's stop: kopf winds down its watch streams and API retries first,
+which on a busy machine has taken longer than ``WAIT``."""
 
 
 @pytest.fixture
@@ -84,7 +87,7 @@ class Running:
     async def stop(self) -> None:
         """Stop it as SIGTERM would, within a bound."""
         self.stop_flag.set()
-        await asyncio.to_thread(self.thread.join, WAIT)
+        await asyncio.to_thread(self.thread.join, STOP_WAIT)
         assert not self.thread.is_alive(), "the operator did not stop in time"
         if self.errors:
             raise self.errors[0]

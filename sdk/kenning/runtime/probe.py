@@ -78,15 +78,21 @@ def create_probe_app(app: App) -> web.Application:
     return web_app
 
 
-async def serve_probes(app: App, host: str, port: int) -> web.AppRunner:
-    """Serve the probe endpoints of ``app`` on ``host:port``; ``cleanup()`` the runner to stop."""
-    runner = web.AppRunner(create_probe_app(app), access_log=None)
+async def start_runner(runner: web.AppRunner, host: str, port: int) -> web.AppRunner:
+    """Set ``runner`` up and listen on ``host:port``; a failed start cleans it up again."""
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
     except BaseException:
         await runner.cleanup()
         raise
+    return runner
+
+
+async def serve_probes(app: App, host: str, port: int) -> web.AppRunner:
+    """Serve the probe endpoints of ``app`` on ``host:port``; ``cleanup()`` the runner to stop."""
+    runner = await start_runner(web.AppRunner(create_probe_app(app), access_log=None),
+                                host, port)
     log.info("worker probes (/healthz, /readyz, /metrics) on %s", runner.addresses)
     return runner
 

@@ -30,7 +30,7 @@ from kenning.core.models import AcceptOutcome, CloudEventRecord
 from kenning.core.outage import Outage
 from kenning.core.store import Store
 from kenning.runtime.metrics import SinkMetrics, render_metrics
-from kenning.runtime.probe import StoreCheck, readiness
+from kenning.runtime.probe import StoreCheck, readiness, start_runner
 from kenning.runtime.sink_parsing import parse_batch, parse_binary, parse_structured
 
 log = logging.getLogger(__name__)
@@ -109,15 +109,9 @@ async def serve_sink(
     The access log is off by default: it costs more than the rest of a request.
     """
     # handler_cancellation=False: a client hanging up must not cancel a commit half-way.
-    runner = web.AppRunner(
+    runner = await start_runner(web.AppRunner(
         app, handler_cancellation=False, access_log=log if access_log else None
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
+    ), host, port)
     log.info("CloudEvents sink listening on %s", runner.addresses)
     return runner
 

@@ -41,6 +41,11 @@ class StepKind(enum.StrEnum):
     TIMER = "timer"
     SEND = "send"
     PATCH = "patch"
+    CHILD = "child"
+    """A child run started: ``value`` is JSON ``{"run_id": ...}``, ``name`` its workflow."""
+    CANCELLED = "cancelled"
+    """A step the code cancelled before it completed (the loser of a race); ``name`` is the
+    cancelled step's name, ``value`` JSON ``{"kind": <its kind>}``."""
 
 
 class WaitKind(enum.StrEnum):
@@ -68,6 +73,33 @@ class Wait:
     started_at: float | None = None
     attempt: int = 0
     last_error: str | None = None
+    # further event types a first-of-several wait takes (``event_type`` is the first)
+    other_types: tuple[str, ...] = ()
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """Every event type this wait takes, the first one first."""
+        if self.event_type is None:
+            return self.other_types
+        return (self.event_type, *self.other_types)
+
+    @property
+    def step_name(self) -> str:
+        """The history name of the step this wait fills: the event types joined by ``|``
+        (an event wait), ``sleep`` (a timer), or the empty string (a retry)."""
+        if self.kind is WaitKind.EVENT:
+            return EVENT_TYPES_SEPARATOR.join(self.event_types)
+        return "sleep" if self.kind is WaitKind.TIMER else ""
+
+
+EVENT_TYPES_SEPARATOR = "|"
+"""Joins the event types of a first-of-several wait into its step's name."""
+
+CHILD_FINISHED_TYPE = "kenning.child.finished"
+"""The event a finished (completed, failed, cancelled) child run addresses to its parent:
+``source`` ``/kenning/<namespace>/runs/<child>``, ``subject`` the child's run id, ``id``
+``<child>/finished/<child chapter>``, data ``{"run_id", "status", "result", "error"}``
+(``result`` is the child's result as JSON, or null)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +129,15 @@ class Run:
     recoveries: int = 0
     build_id: str | None = None
     upgrade: str = "pinned"
+    # every wait the run is suspended on, by seq (``wait`` is the first of them)
+    waits: tuple[Wait, ...] = ()
+    # the ordinal the next step delivered to the code takes (see ``Step.ordinal``): an event
+    # the store records while the run waits takes it
+    wait_ordinal: int | None = None
+    # the run that started this one as its child, if any
+    parent_run_id: str | None = None
+    # how many times the run continued as new: its current history is chapter ``chapter``
+    chapter: int = 0
 
 
 UPGRADE_PINNED = "pinned"
@@ -122,6 +163,7 @@ class NewRun:
     labels: dict[str, str] = field(default_factory=dict)
     build_id: str | None = None
     upgrade: str = UPGRADE_PINNED
+    parent_run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +200,12 @@ class BuildCount:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One entry of a run's history. ``value`` and ``error`` are JSON text."""
+    """One entry of a run's history. ``value`` and ``error`` are JSON text.
+
+    ``seq`` is the order in which the code issued its steps; ``ordinal`` the order in which
+    their outcomes were delivered to the code (they differ where steps run concurrently);
+    ``None`` means ``seq`` (histories recorded before steps could run concurrently, and steps
+    that deliver nothing: patch markers, cancellations)."""
 
     seq: int
     kind: StepKind
@@ -166,6 +213,23 @@ class Step:
     value: str | None
     recorded_at: float
     error: str | None = None
+    ordinal: int | None = None
+
+    @property
+    def delivered_at(self) -> int:
+        """The delivery position: ``ordinal``, or ``seq`` where none was recorded."""
+        return self.seq if self.ordinal is None else self.ordinal
+
+
+@dataclass(frozen=True, slots=True)
+class Chapter:
+    """A closed chapter of a run that continued as new: its input and its history."""
+
+    run_id: str
+    chapter: int
+    input: str
+    closed_at: float
+    steps: int
 
 
 @dataclass(frozen=True, slots=True)

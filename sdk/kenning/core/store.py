@@ -15,6 +15,7 @@ from typing import Protocol
 from kenning.core.models import (
     AcceptResult,
     BuildCount,
+    Chapter,
     ClaimedRun,
     ClaimScope,
     CloudEventRecord,
@@ -34,7 +35,7 @@ Listener = Callable[[Notification], None]
 
 @dataclass(frozen=True, slots=True)
 class EventWaitResult:
-    """What ``begin_event_wait`` did: consumed an event already there, or suspended."""
+    """What ``begin_waits`` did: consumed an event already there, or not (suspended)."""
 
     consumed: Step | None
 
@@ -77,16 +78,23 @@ class Store(Protocol):
         namespace: str | None = None,
         status: RunStatus | None = None,
         workflow: str | None = None,
+        parent: str | None = None,
         limit: int = 100,
     ) -> list[Run]:
-        """Runs, newest first, filtered."""
+        """Runs, newest first, filtered (``parent``: the children of that run)."""
 
-    async def load_history(self, run_id: str) -> list[Step]:
-        """The run's whole history in sequence order (one query)."""
+    async def load_history(self, run_id: str, *, chapter: int | None = None) -> list[Step]:
+        """The run's whole history in sequence order (one query): its current chapter, or
+        the closed chapter ``chapter``."""
+
+    async def list_chapters(self, run_id: str) -> list[Chapter]:
+        """The run's closed chapters (it continued as new), oldest first."""
 
     async def cancel_run(self, run_id: str, reason: str) -> Run:
-        """Cancel an unfinished run (fencing out its worker); finished runs are returned as
-        they are. Raises ``RunNotFound``."""
+        """Cancel an unfinished run (fencing out its worker) and, in the same commit, its
+        unfinished descendants (child runs, recursively); each cancelled child addresses a
+        ``CHILD_FINISHED_TYPE`` event to its parent. Finished runs are returned as they are.
+        Raises ``RunNotFound``."""
 
     # -- worker -------------------------------------------------------------------------
     async def claim_runs(
@@ -140,21 +148,36 @@ class Store(Protocol):
 
     async def append_steps(
         self, lease: Lease, steps: Sequence[Step], outbox: Sequence[CloudEventRecord] = (),
-        *, attempts: Mapping[int, int] | None = None,
+        *, attempts: Mapping[int, int] | None = None, children: Sequence[NewRun] = (),
     ) -> None:
         """Record steps (and the events they emit) in one commit; ``attempts``, when given,
         replaces the run's ``activity_attempts`` in the same commit (as ``record_attempts``)."""
 
+    async def begin_waits(
+        self, lease: Lease, waits: Sequence[Wait], steps: Sequence[Step] = (), *,
+        next_ordinal: int, suspend: bool = True,
+    ) -> EventWaitResult:
+        """Record ``steps``; then, for the first event wait (by ``seq``) that has one,
+        consume a matching event already there and record it at that wait's ``seq`` (kind
+        EVENT, name ``wait.step_name``, ordinal ``next_ordinal``): an event addressed to the
+        run at any time, or a kept event received since ``wait.started_at - wait.lookback``.
+        The run keeps its lease then.
+
+        Otherwise, with ``suspend``, suspend the run on all ``waits`` (event waits, timers,
+        retries) and drop the lease: ``waiting_for_event`` if any is an event wait, else
+        ``waiting_for_timer``; it wakes at the earliest ``wake_at``; an event matching any
+        event wait (any of its types) resumes it, recorded at that wait's ``seq`` with
+        ordinal ``next_ordinal``. Without ``suspend`` nothing more is written (the caller
+        looks for an event while its activities run)."""
+
     async def begin_event_wait(
         self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()
     ) -> EventWaitResult:
-        """Record ``steps``; then consume a matching event already there and record it at
-        ``wait.seq`` (an event addressed to the run at any time, or a kept event received
-        since ``wait.started_at - wait.lookback``); otherwise suspend the run as
-        ``waiting_for_event`` and drop the lease."""
+        """``begin_waits`` with one wait (kept until the engine uses ``begin_waits``)."""
 
     async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
-        """Record ``steps`` and suspend the run on a timer or retry (``waiting_for_timer``)."""
+        """``begin_waits`` with one timer or retry wait (kept until the engine uses
+        ``begin_waits``)."""
 
     async def finish_run(
         self,
@@ -165,7 +188,15 @@ class Store(Protocol):
         error: str | None = None,
         steps: Sequence[Step] = (),
     ) -> None:
-        """Record ``steps`` and end the run completed or failed."""
+        """Record ``steps`` and end the run completed or failed. A child run (one with
+        ``parent_run_id``) addresses a ``CHILD_FINISHED_TYPE`` event to its parent in the
+        same commit, resuming the parent if it waits for it."""
+
+    async def continue_run(self, lease: Lease, input: str, steps: Sequence[Step] = ()) -> int:
+        """Record ``steps``, close the run's current chapter (its history and input are
+        kept, reachable by ``load_history(chapter=)`` and ``list_chapters``) and make the run
+        pending again with ``input`` and an empty history, under the same id; returns the
+        new chapter's number."""
 
     async def next_wake_at(self) -> float | None:
         """The earliest due time among suspended runs, or ``None``."""
@@ -187,7 +218,8 @@ class Store(Protocol):
                              namespace: str | None = None, limit: int = 500) -> int:
         """Delete up to ``limit`` finished runs with their history, oldest first: those
         finished before ``before``, or by default past their namespace's retention.
-        Unfinished runs are never touched. Returns how many were deleted."""
+        Unfinished runs are never touched; their closed chapters (continue-as-new) past the
+        namespace's retention are dropped too. Returns how many runs were deleted."""
 
     async def set_finished_retention(self, namespace: str, seconds: float) -> None:
         """Keep the namespace's finished runs ``seconds`` after they finish (0: forever)."""

@@ -99,9 +99,9 @@ def new_run(run_id: str, *, namespace: str = NS, workflow: str = "wf",
 
 
 def step(seq: int, name: str = "act", value: str | None = "1", *, at: float = 0.0,
-         kind: StepKind = StepKind.ACTIVITY) -> Step:
+         kind: StepKind = StepKind.ACTIVITY, ordinal: int | None = None) -> Step:
     """A history entry."""
-    return Step(seq=seq, kind=kind, name=name, value=value, recorded_at=at)
+    return Step(seq=seq, kind=kind, name=name, value=value, recorded_at=at, ordinal=ordinal)
 
 
 def event(id: str, type: str = EVENT_TYPE, *, data: Any = None, to_run: str | None = None,

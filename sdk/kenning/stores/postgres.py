@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from kenning.core.matching import event_matches
 from kenning.core.models import (
     AcceptResult,
     BuildCount,
+    Chapter,
     ClaimedRun,
     ClaimScope,
     CloudEventRecord,
@@ -36,9 +38,15 @@ from kenning.core.models import (
     Step,
     StepKind,
     Wait,
+    WaitKind,
 )
 from kenning.core.store import EventWaitResult, Listener
-from kenning.core.validation import validate_events, validate_new_run
+from kenning.core.validation import (
+    MAX_INPUT_BYTES,
+    check_size,
+    validate_events,
+    validate_new_run,
+)
 from kenning.stores import postgres_match as match_sql
 from kenning.stores import postgres_schema
 from kenning.stores import postgres_sql as sql
@@ -57,8 +65,13 @@ from kenning.stores.postgres_listen import NotifyListener
 from kenning.stores.postgres_retention import PostgresRetention
 from kenning.stores.postgres_writer import CHANNEL, GroupCommitWriter, MergedOperation
 from kenning.stores.rows import (
+    CHILD_EVENT_EXPIRY,
     DEFAULT_FINISHED_RETENTION,
     attempts_to_text,
+    chapter_from_row,
+    child_finished_event,
+    child_of,
+    earliest_wake,
     first_created,
     lease_lost,
     outbox_from_row,
@@ -262,7 +275,7 @@ class PostgresStore(PostgresRetention):
         async def op(conn: Conn, notes: Notes) -> tuple[Run, bool]:
             row = await conn.fetchrow(sql.CREATE_RUN, new.run_id, new.namespace, new.workflow,
                                       new.input, self._now(), new.pool, json.dumps(new.labels),
-                                      new.build_id, new.upgrade)
+                                      new.build_id, new.upgrade, new.parent_run_id)
             if row is not None:
                 notes.append(Notification(NotificationKind.RUNNABLE, new.run_id))
                 return run_from_row(row), True
@@ -276,16 +289,20 @@ class PostgresStore(PostgresRetention):
             return []
 
         async def op(conn: Conn, notes: Notes) -> list[tuple[bool, str]]:
-            rows = await conn.fetch(
-                sql.CREATE_RUNS, self._now(), [n.run_id for n in batch],
-                [n.namespace for n in batch], [n.workflow for n in batch],
-                [n.input for n in batch], [n.pool for n in batch],
-                [json.dumps(n.labels) for n in batch], [n.build_id for n in batch],
-                [n.upgrade for n in batch])
-            found = {row["run_id"]: (bool(row["created"]), row["workflow"]) for row in rows}
-            notes.extend(runnable_notes([i for i, (made, _) in found.items() if made]))
-            return first_created(batch, found)
+            return await self._create_runs(conn, notes, batch)
         return await self._write(op)
+
+    async def _create_runs(self, conn: Conn, notes: Notes, batch: list[NewRun]
+                           ) -> list[tuple[bool, str]]:
+        rows = await conn.fetch(
+            sql.CREATE_RUNS, self._now(), [n.run_id for n in batch],
+            [n.namespace for n in batch], [n.workflow for n in batch],
+            [n.input for n in batch], [n.pool for n in batch],
+            [json.dumps(n.labels) for n in batch], [n.build_id for n in batch],
+            [n.upgrade for n in batch], [n.parent_run_id for n in batch])
+        found = {row["run_id"]: (bool(row["created"]), row["workflow"]) for row in rows}
+        notes.extend(runnable_notes([i for i, (made, _) in found.items() if made]))
+        return first_created(batch, found)
 
     @staticmethod
     async def _get(conn: Conn, run_id: str) -> Run:
@@ -300,30 +317,64 @@ class PostgresStore(PostgresRetention):
         return None if row is None else run_from_row(row)
 
     async def list_runs(self, *, namespace: str | None = None, status: RunStatus | None = None,
-                        workflow: str | None = None, limit: int = 100) -> list[Run]:
-        """Runs, newest first."""
+                        workflow: str | None = None, parent: str | None = None,
+                        limit: int = 100) -> list[Run]:
+        """Runs, newest first (``parent``: the children of that run)."""
         status_value = status.value if status is not None else None
         query = sql.list_runs(namespace=namespace is not None, status=status is not None,
-                              workflow=workflow is not None)
-        args = [v for v in (namespace, status_value, workflow) if v is not None]
+                              workflow=workflow is not None, parent=parent is not None)
+        args = [v for v in (namespace, status_value, workflow, parent) if v is not None]
         rows = await self._read(lambda conn: conn.fetch(query, *args, limit))
         return [run_from_row(r) for r in rows]
 
-    async def load_history(self, run_id: str) -> list[Step]:
-        """The run's history in order (one query)."""
-        rows = await self._read(lambda conn: conn.fetch(sql.HISTORY, run_id))
+    async def load_history(self, run_id: str, *, chapter: int | None = None) -> list[Step]:
+        """The run's history in order (one query): the current chapter, or ``chapter``."""
+        if chapter is None:
+            rows = await self._read(lambda conn: conn.fetch(sql.HISTORY, run_id))
+        else:
+            rows = await self._read(lambda conn: conn.fetch(sql.CHAPTER_HISTORY, run_id,
+                                                            int(chapter)))
         return [step_from_row(r) for r in rows]
 
+    async def list_chapters(self, run_id: str) -> list[Chapter]:
+        """The run's closed chapters, oldest first."""
+        rows = await self._read(lambda conn: conn.fetch(sql.CHAPTERS, run_id))
+        return [chapter_from_row(r) for r in rows]
+
     async def cancel_run(self, run_id: str, reason: str) -> Run:
-        """Cancel an unfinished run and fence out its worker."""
+        """Cancel an unfinished run and its unfinished descendants, fencing out their
+        workers; each cancelled child tells its parent."""
         async def op(conn: Conn, notes: Notes) -> Run:
-            row = await conn.fetchrow(sql.CANCEL, run_id, reason, self._now())
-            if row is None:
+            now = self._now()
+            rows = await conn.fetch(sql.CANCEL, run_id, reason, now,
+                                    f"cancelled with {run_id}: {reason}")
+            top = next((row for row in rows if row["run_id"] == run_id), None)
+            if top is None:
                 return await self._get(conn, run_id)
-            notes.append(Notification(NotificationKind.CANCELLED, run_id))
-            notes.append(Notification(NotificationKind.FINISHED, run_id))
-            return run_from_row(row)
+            for row in rows:
+                notes.append(Notification(NotificationKind.CANCELLED, row["run_id"]))
+                notes.append(Notification(NotificationKind.FINISHED, row["run_id"]))
+            await self._tell_parents(conn, notes, [
+                (row["parent_namespace"], child_finished_event(
+                    child=row["run_id"], namespace=row["namespace"], chapter=row["chapter"],
+                    parent=row["parent_run_id"], status=RunStatus.CANCELLED.value,
+                    result=None, error=row["error"], now=now))
+                for row in rows if row["parent_namespace"] is not None], now)
+            return run_from_row(top)
         return await self._write(op)
+
+    async def _tell_parents(self, conn: Conn, notes: Notes,
+                            events: list[tuple[str, CloudEventRecord]], now: float) -> None:
+        """Address finished children's events to their parents (kept until the parent is
+        purged) and resume the parents that wait for them."""
+        if not events:
+            return
+        by_namespace: dict[str, list[CloudEventRecord]] = defaultdict(list)
+        for namespace, record in events:
+            by_namespace[namespace].append(record)
+        for _results, accepted in await accept_batches(
+                conn, list(by_namespace.items()), now, CHILD_EVENT_EXPIRY):
+            notes.extend(accepted)
 
     # -- worker -------------------------------------------------------------------------
     async def claim_runs(self, worker_id: str, *, limit: int, lease_seconds: float,
@@ -386,12 +437,18 @@ class PostgresStore(PostgresRetention):
     async def _fenced(self, conn: Conn, query: str, lease: Lease, steps: Sequence[Step],
                       *extra: Any) -> tuple[str, float]:
         """Run a fenced statement; return the run's namespace and the time used."""
+        row, now = await self._fenced_row(conn, query, lease, steps, *extra)
+        return row[0], now
+
+    async def _fenced_row(self, conn: Conn, query: str, lease: Lease, steps: Sequence[Step],
+                          *extra: Any) -> tuple[Any, float]:
+        """Run a fenced statement; return the row it selects and the time used."""
         now = self._now()
-        namespace = await conn.fetchval(query, lease.run_id, lease.epoch, self._sql_now(),
-                                        *sql.step_arrays(steps), *extra)
-        if namespace is None:
+        row = await conn.fetchrow(query, lease.run_id, lease.epoch, self._sql_now(),
+                                  *sql.step_arrays(steps), *extra)
+        if row is None:
             raise await _lease_lost(conn, lease)
-        return namespace, now
+        return row, now
 
     async def record_attempts(self, lease: Lease, attempts: Mapping[int, int]) -> None:
         """Record the activity attempts started, fenced by the lease."""
@@ -414,72 +471,129 @@ class PostgresStore(PostgresRetention):
 
     async def append_steps(self, lease: Lease, steps: Sequence[Step],
                            outbox: Sequence[CloudEventRecord] = (), *,
-                           attempts: Mapping[int, int] | None = None) -> None:
+                           attempts: Mapping[int, int] | None = None,
+                           children: Sequence[NewRun] = ()) -> None:
         """Record steps and emitted events in one statement, fenced by the lease (and the
-        activity attempts started, when given)."""
+        activity attempts started, when given); child runs to start take one more."""
         records = [record_to_json(r) for r in outbox]
         extra: tuple[Any, ...] = (records,)
         query = sql.APPEND
         if attempts is not None:
             query, extra = sql.APPEND_WITH_ATTEMPTS, (records, attempts_to_text(attempts))
+        kids = [validate_new_run(child_of(lease, new)) for new in children]
 
         async def op(conn: Conn, notes: Notes) -> None:
             await self._fenced(conn, query, lease, steps, *extra)
             if records:
                 notes.append(Notification(NotificationKind.OUTBOX, lease.run_id))
+            if kids:
+                await self._create_runs(conn, notes, kids)
         await self._write(op)
+
+    async def begin_waits(self, lease: Lease, waits: Sequence[Wait], steps: Sequence[Step] = (),
+                          *, next_ordinal: int, suspend: bool = True) -> EventWaitResult:
+        """Consume an event one of the event waits takes, or suspend the run on all waits
+        (see ``Store.begin_waits``)."""
+        return await self._begin_waits(lease, waits, steps, next_ordinal, suspend)
 
     async def begin_event_wait(self, lease: Lease, wait: Wait,
                                steps: Sequence[Step] = ()) -> EventWaitResult:
-        """Consume an event already there, or suspend the run waiting for one.
+        """``begin_waits`` with one wait (its steps recorded without an ordinal)."""
+        return await self._begin_waits(lease, [wait], steps, None, True)
 
-        The run row is locked by the fence before events are searched, and the event
-        type's advisory lock is held exclusively, so no concurrent ``accept_events`` can
-        commit a matching event that neither side sees."""
+    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
+        """``begin_waits`` with one timer or retry wait."""
+        await self._begin_waits(lease, [wait], steps, None, True)
+
+    async def _begin_waits(self, lease: Lease, waits: Sequence[Wait], steps: Sequence[Step],
+                           ordinal: int | None, suspend: bool) -> EventWaitResult:
+        """The run row is locked by the fence before events are searched, and the advisory
+        lock of each event type waited for is held exclusively, so no concurrent
+        ``accept_events`` can commit a matching event that neither side sees."""
+        ordered = sorted(waits, key=lambda w: w.seq)
+        if suspend and not ordered:
+            raise ValueError("begin_waits: nothing to suspend on (no waits)")
+        events = [w for w in ordered if w.kind is WaitKind.EVENT]
+        if not events:
+            return await self._suspend_on_timers(lease, ordered, steps, ordinal, suspend)
+        wake_at = earliest_wake(ordered)
+
         async def op(conn: Conn, notes: Notes) -> EventWaitResult:
             namespace, now = await self._fenced(conn, sql.FENCE_ONLY, lease, steps)
-            found = await self._find_event(conn, namespace, lease.run_id, wait)
-            if found is not None:
-                pk, record = found
-                step = Step(wait.seq, StepKind.EVENT, record.type, record_to_json(record), now)
-                await conn.execute(sql.DELIVER, lease.run_id, pk, wait.seq, step.name,
-                                   step.value, now)
-                return EventWaitResult(step)
-            await conn.execute(match_sql.WAIT_FOR_EVENT, lease.run_id, *sql.wait_params(wait),
-                               *match_sql.wait_key_params(wait))
-            if wait.wake_at is not None:
-                notes.append(Notification(NotificationKind.TIMER, lease.run_id, wait.wake_at))
+            for wait in events:
+                found = await self._find_event(conn, namespace, lease.run_id, wait)
+                if found is not None:
+                    pk, record = found
+                    step = Step(wait.seq, StepKind.EVENT, wait.step_name, record_to_json(record),
+                                now, ordinal=ordinal)
+                    await conn.execute(sql.DELIVER, lease.run_id, pk, wait.seq, step.name,
+                                       step.value, now, ordinal)
+                    return EventWaitResult(step)
+            if not suspend:
+                return EventWaitResult(None)
+            await conn.execute(match_sql.WAIT_FOR_EVENT, lease.run_id,
+                               *sql.wait_params(ordered, ordinal),
+                               *match_sql.wait_key_params(events))
+            if wake_at is not None:
+                notes.append(Notification(NotificationKind.TIMER, lease.run_id, wake_at))
             else:
                 notes.append(Notification(NotificationKind.WAITING, lease.run_id))
             return EventWaitResult(None)
-        return await self._write(op, exclusive=[sql.event_lock_key(wait.event_type or "")])
+        keys = sorted({sql.event_lock_key(t) for w in events for t in w.event_types})
+        return await self._write(op, exclusive=keys)
+
+    async def _suspend_on_timers(self, lease: Lease, waits: list[Wait], steps: Sequence[Step],
+                                 ordinal: int | None, suspend: bool) -> EventWaitResult:
+        """Suspend on timers and retry delays only (one statement), or just record steps."""
+        if not suspend:
+            async def record(conn: Conn, notes: Notes) -> EventWaitResult:
+                await self._fenced(conn, sql.FENCE_ONLY, lease, steps)
+                return EventWaitResult(None)
+            return await self._write(record)
+        params = sql.wait_params(waits, ordinal)
+        wake_at = earliest_wake(waits)
+
+        async def op(conn: Conn, notes: Notes) -> EventWaitResult:
+            await self._fenced(conn, sql.SUSPEND, lease, steps, *params)
+            notes.append(Notification(NotificationKind.TIMER, lease.run_id, wake_at))
+            return EventWaitResult(None)
+        return await self._write(op)
 
     async def _find_event(self, conn: Conn, namespace: str, run_id: str,
                           wait: Wait) -> tuple[int, CloudEventRecord] | None:
         since = float((wait.started_at or self.clock()) - (wait.lookback or 0.0))
-        async for row in conn.cursor(sql.FIND_EVENTS, namespace, wait.event_type, run_id,
-                                     since, prefetch=50):
+        async for row in conn.cursor(sql.FIND_EVENTS, namespace, list(wait.event_types),
+                                     run_id, since, prefetch=50):
             record = record_from_json(row["record"])
-            if event_matches(record, wait.match):
+            if record.type in wait.event_types and event_matches(record, wait.match):
                 return int(row["pk"]), record
         return None
 
-    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
-        """Suspend on a timer or retry delay."""
-        params = sql.wait_params(wait)
-
-        async def op(conn: Conn, notes: Notes) -> None:
-            await self._fenced(conn, sql.SUSPEND, lease, steps, *params)
-            notes.append(Notification(NotificationKind.TIMER, lease.run_id, wait.wake_at))
-        await self._write(op)
-
     async def finish_run(self, lease: Lease, status: RunStatus, *, result: str | None = None,
                          error: str | None = None, steps: Sequence[Step] = ()) -> None:
-        """End the run completed or failed."""
+        """End the run completed or failed; a child tells its parent in the same commit."""
         async def op(conn: Conn, notes: Notes) -> None:
-            await self._fenced(conn, sql.FINISH, lease, steps, status.value, result, error)
+            row, now = await self._fenced_row(conn, sql.FINISH, lease, steps, status.value,
+                                              result, error)
             notes.append(Notification(NotificationKind.FINISHED, lease.run_id))
+            if row["parent_namespace"] is not None:
+                record = child_finished_event(
+                    child=lease.run_id, namespace=row["namespace"], chapter=row["chapter"],
+                    parent=row["parent_run_id"], status=status.value, result=result,
+                    error=error, now=now)
+                await self._tell_parents(conn, notes, [(row["parent_namespace"], record)], now)
         await self._write(op)
+
+    async def continue_run(self, lease: Lease, input: str, steps: Sequence[Step] = ()) -> int:
+        """Close the run's chapter (history and input archived) and make it pending again
+        with ``input`` and an empty history; returns the new chapter's number."""
+        check_size("input", input, MAX_INPUT_BYTES)
+
+        async def op(conn: Conn, notes: Notes) -> int:
+            row, _now = await self._fenced_row(conn, sql.CONTINUE, lease, steps, input)
+            notes.append(Notification(NotificationKind.RUNNABLE, lease.run_id))
+            return int(row["chapter"])
+        return await self._write(op)
 
     async def next_wake_at(self) -> float | None:
         """The earliest due time of a suspended run."""

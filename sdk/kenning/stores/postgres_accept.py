@@ -5,7 +5,9 @@ go in one INSERT, the runs they may resume are read in one query (two when some 
 addressed to a run) and resumed in one statement. A lone event takes one round trip less
 (insert and read in one statement). Events apply in order: a run resumed by one event no
 longer waits for the next. Broadcast candidates come from the wait keys
-(``postgres_match``); ``match`` is re-checked here, so only matching runs are written.
+(``postgres_match``); ``match`` is re-checked here, so only matching runs are written. A
+run waiting on several waits is resumed by the first event (in order) that one of them
+takes, at the lowest such wait's ``seq``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from kenning.core.models import (
     NotificationKind,
     RunStatus,
     Wait,
+    WaitKind,
 )
 from kenning.stores import postgres_sql as sql
 from kenning.stores.postgres_match import find_candidates
-from kenning.stores.rows import wait_from_row
+from kenning.stores.rows import waits_from_row
 
 Payload = tuple[str, list[CloudEventRecord]]  # (namespace, events) of one call
 _WAITING = RunStatus.WAITING_FOR_EVENT.value
@@ -55,7 +58,7 @@ async def accept_batches(conn: Any, payloads: list[Payload], now: float, retenti
     resumes = sorted(_match(items, candidates))  # in run id order: locks in a fixed order
     if resumes:
         columns = [list(column) for column in zip(*resumes, strict=True)]
-        rows = await conn.fetch(sql.RESUME, *columns[:6], now)
+        rows = await conn.fetch(sql.RESUME, *columns, now)
         resumed = {row["run_id"] for row in rows}  # not those claimed or cancelled meanwhile
         for item in items:
             item.resumed = [run_id for run_id in item.resumed if run_id in resumed]
@@ -104,20 +107,26 @@ async def _insert_many(conn: Any, items: list[_Incoming], now: float, retention:
     return candidates
 
 
-_Resume = tuple[str, int, int, str, str, str | None]
+# (run, event pk, seq, step name, record, the epoch read, the ordinal)
+_Resume = tuple[str, int, int, str, str, int, int | None]
+
+
+def _event_waits(row: Any) -> list[Wait]:
+    return [w for w in waits_from_row(row) if w.kind is WaitKind.EVENT]
 
 
 def _match(items: list[_Incoming], candidates: list[Any]) -> list[_Resume]:
-    """Decide which runs each new event resumes: (run, event pk, seq, type, record, the
-    wait's match text as read)."""
-    by_id: dict[str, Any] = {}
-    by_kind: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    """Decide which runs each new event resumes, and at which of their waits (the lowest
+    seq that takes it)."""
+    by_id: dict[str, tuple[Any, list[Wait]]] = {}
+    by_kind: dict[tuple[str, str], list[str]] = defaultdict(list)
     for row in sorted(candidates, key=lambda r: r["run_id"]):
         if row["run_id"] in by_id or row["status"] != _WAITING:
             continue
-        by_id[row["run_id"]] = row
-        by_kind[(row["namespace"], row["wait_type"])].append(row)
-    waits: dict[str, Wait | None] = {}
+        waits = _event_waits(row)
+        by_id[row["run_id"]] = (row, waits)
+        for event_type in dict.fromkeys(t for w in waits for t in w.event_types):
+            by_kind[(row["namespace"], event_type)].append(row["run_id"])
     taken: set[str] = set()
     resumes: list[_Resume] = []
     for item in items:
@@ -125,21 +134,19 @@ def _match(items: list[_Incoming], candidates: list[Any]) -> list[_Resume]:
             continue
         ev = item.event
         if ev.target_run is not None:
-            row = by_id.get(ev.target_run)
-            pool = [row] if row is not None else []
+            pool = [ev.target_run] if ev.target_run in by_id else []
         else:
             pool = by_kind.get((item.namespace, ev.type), [])
-        for row in pool:
-            run_id = row["run_id"]
-            if (run_id in taken or row["namespace"] != item.namespace
-                    or row["wait_type"] != ev.type):
+        for run_id in pool:
+            row, waits = by_id[run_id]
+            if run_id in taken or row["namespace"] != item.namespace:
                 continue
-            if run_id not in waits:
-                waits[run_id] = wait_from_row(row)
-            wait = waits[run_id]
-            if wait is None or not event_matches(ev, wait.match):
+            wait = next((w for w in waits
+                         if ev.type in w.event_types and event_matches(ev, w.match)), None)
+            if wait is None:
                 continue
             taken.add(run_id)
             item.resumed.append(run_id)
-            resumes.append((run_id, item.pk, wait.seq, ev.type, item.text, row["wait_match"]))
+            resumes.append((run_id, item.pk, wait.seq, wait.step_name, item.text,
+                            int(row["epoch"]), row["wait_ordinal"]))
     return resumes

@@ -1,11 +1,12 @@
 """Indexed event matching on PostgreSQL: the match keys of each wait live in ``wait_keys``.
 
-A wait writes one row per ``match`` key (one with the empty path when it has none) in the
-transaction that suspends the run, and records the paths it uses in ``wait_paths``; a
-trigger deletes a run's rows when it stops waiting (resumed, timed out, cancelled, finished).
-An event reads the paths waited on for its type, offers its values at those paths only, and
-its candidates are the runs with a row for every key of their wait: index lookups, however
-many runs wait. ``event_matches`` re-checks each candidate exactly.
+An event wait writes one row per ``match`` key (one with the empty path when it has none)
+for each of its event types, under its ``seq``, in the transaction that suspends the run,
+and records the paths it uses in ``wait_paths``; a trigger deletes a run's rows when it
+stops waiting (resumed, timed out, cancelled, finished). An event reads the paths waited on
+for its type, offers its values at those paths only, and its candidates are the runs with
+a row for every key of one of their waits: index lookups, however many runs wait.
+``event_matches`` re-checks each candidate exactly.
 """
 
 from __future__ import annotations
@@ -14,24 +15,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from kenning.core.matching import event_keys, wait_keys
-from kenning.core.models import CloudEventRecord, Wait
+from kenning.core.models import CloudEventRecord, Wait, WaitKind
 from kenning.stores.postgres_sql import WAIT_COLUMNS, set_wait
 
-_SEQ = f"${2 + WAIT_COLUMNS.index('wait_seq')}"
-_TYPE = f"${2 + WAIT_COLUMNS.index('wait_type')}"
-_KEYS = 2 + len(WAIT_COLUMNS)  # $n paths, $n+1 values
+_KEYS = 2 + len(WAIT_COLUMNS)  # $n types, $n+1 paths, $n+2 values, $n+3 seqs, $n+4 counts
 
-# Suspend the run waiting for an event and index its wait, in one statement:
-# $1 run, the wait columns from $2, then the key paths and values as arrays.
+# Suspend the run waiting for events (and timers) and index its event waits, in one
+# statement: $1 run, the wait columns from $2, then one element per (wait, type, key) in
+# the arrays of types, paths, values, seqs and key counts (a wait's keys per type).
 WAIT_FOR_EVENT = (
     "WITH u AS (UPDATE runs SET status = 'waiting_for_event', lease_owner = NULL,"
     f" lease_expires = NULL{set_wait(2)} WHERE run_id = $1 RETURNING run_id, namespace),"
-    f" p AS (INSERT INTO wait_paths (namespace, event_type, path) SELECT DISTINCT u.namespace,"
-    f" {_TYPE}, k.path FROM u, unnest(${_KEYS}::text[]) AS k(path) ON CONFLICT DO NOTHING)"
+    " p AS (INSERT INTO wait_paths (namespace, event_type, path) SELECT DISTINCT u.namespace,"
+    f" k.typ, k.path FROM u, unnest(${_KEYS}::text[], ${_KEYS + 1}::text[]) AS k(typ, path)"
+    " ON CONFLICT DO NOTHING)"
     " INSERT INTO wait_keys (namespace, event_type, path, value, run_id, seq, nkeys)"
-    f" SELECT u.namespace, {_TYPE}, k.path, k.value, u.run_id, {_SEQ},"
-    f" cardinality(${_KEYS}::text[]) FROM u,"
-    f" unnest(${_KEYS}::text[], ${_KEYS + 1}::text[]) AS k(path, value) ON CONFLICT DO NOTHING"
+    " SELECT u.namespace, k.typ, k.path, k.value, u.run_id, k.seq, k.n FROM u,"
+    f" unnest(${_KEYS}::text[], ${_KEYS + 1}::text[], ${_KEYS + 2}::text[],"
+    f" ${_KEYS + 3}::int[], ${_KEYS + 4}::int[]) AS k(typ, path, value, seq, n)"
+    " ON CONFLICT DO NOTHING"
 )
 
 # The paths waited on for some (namespace, type) pairs: $1 namespaces, $2 types.
@@ -41,25 +43,37 @@ PATHS = (
     " ON p.namespace = t.ns AND p.event_type = t.typ"
 )
 
-# The runs every key of whose wait an event offers: $1 event numbers, $2 namespaces,
-# $3 types, $4 paths, $5 values (one element per offered key). Only the columns that
-# matching needs, never the input.
+# The runs one of whose waits has every key an event offers: $1 event numbers,
+# $2 namespaces, $3 types, $4 paths, $5 values (one element per offered key). Keys count
+# per wait (seq): two waits of a run may share keys. Only the columns that matching needs,
+# never the input.
 CANDIDATES = (
     "WITH e AS (SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[],"
     " $5::text[]) AS e(n, ns, typ, path, value)),"
     " k AS (SELECT DISTINCT w.run_id FROM e JOIN wait_keys w ON w.namespace = e.ns"
     " AND w.event_type = e.typ AND w.path = e.path AND w.value = e.value"
-    " GROUP BY e.n, w.run_id, w.nkeys HAVING count(*) = w.nkeys)"
-    " SELECT r.run_id, r.namespace, r.status, r.wait_seq, r.wait_kind, r.wake_at, r.wait_type,"
-    " r.wait_match, r.wait_lookback, r.wait_started, r.wait_attempt, r.wait_error"
+    " GROUP BY e.n, w.run_id, w.seq, w.nkeys HAVING count(*) = w.nkeys)"
+    " SELECT r.run_id, r.namespace, r.status, r.epoch, r.wait_seq, r.wait_kind, r.wake_at,"
+    " r.wait_type, r.wait_match, r.wait_lookback, r.wait_started, r.wait_attempt,"
+    " r.wait_error, r.waits, r.wait_ordinal"
     " FROM k JOIN runs r ON r.run_id = k.run_id WHERE r.status = 'waiting_for_event'"
 )
 
 
-def wait_key_params(wait: Wait) -> list[list[str]]:
-    """The key paths and values of ``wait``, for ``WAIT_FOR_EVENT`` after the wait columns."""
-    keys = wait_keys(wait.match)
-    return [[path for path, _ in keys], [value for _, value in keys]]
+def wait_key_params(waits: Sequence[Wait]) -> list[list[Any]]:
+    """The index rows of the event waits of ``waits``, for ``WAIT_FOR_EVENT`` after the wait
+    columns: types, paths, values, seqs and key counts."""
+    columns: list[list[Any]] = [[], [], [], [], []]
+    for wait in waits:
+        if wait.kind is not WaitKind.EVENT:
+            continue
+        keys = wait_keys(wait.match)
+        for event_type in dict.fromkeys(wait.event_types):
+            for path, value in keys:
+                for column, item in zip(columns, (event_type, path, value, wait.seq, len(keys)),
+                                        strict=True):
+                    column.append(item)
+    return columns
 
 
 Broadcast = tuple[str, CloudEventRecord]  # (namespace, event) not addressed to a run

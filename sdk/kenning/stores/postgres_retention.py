@@ -3,6 +3,8 @@
 Each call deletes at most a small batch, in a statement of its own on a pooled connection
 (not in a group commit, so hot writes never wait behind it). Only runs whose status is
 final are touched; they are locked ``SKIP LOCKED``, so a purge never waits on a hot row.
+A purged run takes its closed chapters and its inbox (events addressed to it) along; the
+closed chapters of any run (continue-as-new) go after the same period.
 """
 
 from __future__ import annotations
@@ -36,31 +38,63 @@ PURGE_RUNS = (
     f" WHERE namespace = $1 AND {FINISHED} AND finished_at < $2"
     f" ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED) AND {FINISHED} RETURNING run_id),"
     " h AS (DELETE FROM history WHERE run_id = ANY(ARRAY(SELECT run_id FROM d))),"
-    " c AS (DELETE FROM consumptions WHERE run_id = ANY(ARRAY(SELECT run_id FROM d)))"
+    " c AS (DELETE FROM consumptions WHERE run_id = ANY(ARRAY(SELECT run_id FROM d))),"
+    " ch AS (DELETE FROM chapters WHERE run_id = ANY(ARRAY(SELECT run_id FROM d))),"
+    " hc AS (DELETE FROM history_chapters WHERE run_id = ANY(ARRAY(SELECT run_id FROM d))),"
+    " e AS (DELETE FROM events WHERE target_run = ANY(ARRAY(SELECT run_id FROM d)))"
+    " SELECT count(*) FROM d"
+)
+# The namespaces that have closed chapters (a loose index scan, as NAMESPACES).
+CHAPTER_NAMESPACES = (
+    "WITH RECURSIVE ns AS ("
+    " (SELECT namespace FROM chapters ORDER BY namespace LIMIT 1)"
+    " UNION ALL SELECT (SELECT c.namespace FROM chapters c WHERE c.namespace > ns.namespace"
+    " ORDER BY c.namespace LIMIT 1) FROM ns WHERE ns.namespace IS NOT NULL)"
+    " SELECT namespace FROM ns WHERE namespace IS NOT NULL"
+)
+# Up to $3 closed chapters of namespace $1 closed before $2, oldest first, with their steps.
+PURGE_CHAPTERS = (
+    "WITH d AS (DELETE FROM chapters WHERE ctid = ANY(ARRAY(SELECT ctid FROM chapters"
+    " WHERE namespace = $1 AND closed_at < $2 ORDER BY closed_at LIMIT $3"
+    " FOR UPDATE SKIP LOCKED)) RETURNING run_id, chapter),"
+    " h AS (DELETE FROM history_chapters x USING d"
+    " WHERE x.run_id = d.run_id AND x.chapter = d.chapter)"
     " SELECT count(*) FROM d"
 )
 
 
 async def purge_batch(conn: Any, now: float, default_retention: float, before: float | None,
                       namespace: str | None, limit: int) -> int:
-    """Delete up to ``limit`` finished runs (see ``Store.purge_finished``); how many."""
-    if namespace is not None:
-        spaces = [namespace]
-    else:
-        spaces = [row["namespace"] for row in await conn.fetch(NAMESPACES)]
+    """Delete up to ``limit`` finished runs (see ``Store.purge_finished``), and up to
+    ``limit`` closed chapters as old; how many runs."""
     settings = {row["namespace"]: float(row["finished_retention"])
                 for row in await conn.fetch(RETENTIONS)}
-    purged = 0
-    for space in spaces:
+
+    def cutoff(space: str) -> float | None:
         if before is not None:
-            cutoff = before
-        else:
-            keep = settings.get(space, default_retention)
-            if keep <= 0:
-                continue  # 0 keeps finished runs forever
-            cutoff = now - keep
-        purged += int(await conn.fetchval(PURGE_RUNS, space, cutoff, limit - purged))
+            return before
+        keep = settings.get(space, default_retention)
+        return None if keep <= 0 else now - keep  # 0 keeps finished runs forever
+
+    purged = 0
+    spaces = [namespace] if namespace is not None else [
+        row["namespace"] for row in await conn.fetch(NAMESPACES)]
+    for space in spaces:
+        until = cutoff(space)
+        if until is None:
+            continue
+        purged += int(await conn.fetchval(PURGE_RUNS, space, until, limit - purged))
         if purged >= limit:
+            break
+    dropped = 0
+    spaces = [namespace] if namespace is not None else [
+        row["namespace"] for row in await conn.fetch(CHAPTER_NAMESPACES)]
+    for space in spaces:
+        until = cutoff(space)
+        if until is None:
+            continue
+        dropped += int(await conn.fetchval(PURGE_CHAPTERS, space, until, limit - dropped))
+        if dropped >= limit:
             break
     return purged
 

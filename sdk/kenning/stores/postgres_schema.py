@@ -159,6 +159,39 @@ MIGRATIONS: list[str] = [
     ALTER TABLE events ADD CONSTRAINT events_namespace_source_id_key
         UNIQUE (namespace, source, id);
     """,
+    # 7: concurrent steps (the order outcomes were delivered; several waits at once, each
+    # indexed under its seq), child runs, continue-as-new (closed chapters archived)
+    """
+    ALTER TABLE history ADD COLUMN ordinal integer;
+    ALTER TABLE runs ADD COLUMN waits text, ADD COLUMN wait_ordinal integer,
+        ADD COLUMN parent_run_id text, ADD COLUMN chapter integer NOT NULL DEFAULT 0;
+    CREATE INDEX runs_parent ON runs (parent_run_id, created_at)
+        WHERE parent_run_id IS NOT NULL;
+    ALTER TABLE wait_keys DROP CONSTRAINT wait_keys_pkey,
+        ADD PRIMARY KEY (namespace, event_type, path, value, run_id, seq);
+    CREATE TABLE chapters (
+        run_id text NOT NULL,
+        chapter integer NOT NULL,
+        namespace text NOT NULL,
+        input text NOT NULL,
+        closed_at double precision NOT NULL,
+        steps integer NOT NULL,
+        PRIMARY KEY (run_id, chapter)
+    );
+    CREATE INDEX chapters_closed ON chapters (namespace, closed_at);
+    CREATE TABLE history_chapters (
+        run_id text NOT NULL,
+        chapter integer NOT NULL,
+        seq integer NOT NULL,
+        kind text NOT NULL,
+        name text NOT NULL,
+        value text,
+        error text,
+        recorded_at double precision NOT NULL,
+        ordinal integer,
+        PRIMARY KEY (run_id, chapter, seq)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

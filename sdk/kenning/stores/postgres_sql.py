@@ -15,19 +15,19 @@ from kenning.stores.db_clock import DB_CLOCK, DB_NOW
 from kenning.stores.rows import wait_columns
 
 CLEAR_WAIT = "".join(
-    f", {col} = {'0' if value == 0 else 'NULL'}" for col, value in wait_columns(None).items()
+    f", {col} = {'0' if value == 0 else 'NULL'}" for col, value in wait_columns(()).items()
 )
-WAIT_COLUMNS = tuple(wait_columns(None))
+WAIT_COLUMNS = tuple(wait_columns(()))
 
 
 def set_wait(first: int) -> str:
-    """``, wait_seq = $first, ...`` for the nine wait columns, numbered from ``first``."""
+    """``, wait_seq = $first, ...`` for the wait columns, numbered from ``first``."""
     return "".join(f", {col} = ${first + i}" for i, col in enumerate(WAIT_COLUMNS))
 
 
-def wait_params(wait: Wait) -> list[Any]:
-    """The nine wait column values of ``wait``, for ``set_wait``."""
-    values = wait_columns(wait)
+def wait_params(waits: Sequence[Wait], ordinal: int | None = None) -> list[Any]:
+    """The wait column values of ``waits``, for ``set_wait``."""
+    values = wait_columns(waits, ordinal)
     for col in ("wake_at", "wait_lookback", "wait_started"):
         if values[col] is not None:
             values[col] = float(values[col])
@@ -42,10 +42,10 @@ def store_time(sql: str, param: int) -> str:
 
 
 def step_arrays(steps: Sequence[Step]) -> tuple[list[Any], ...]:
-    """The steps as the six arrays (``$4..$9``) the fenced statements unnest."""
+    """The steps as the seven arrays (``$4..$10``) the fenced statements unnest."""
     return ([s.seq for s in steps], [s.kind.value for s in steps], [s.name for s in steps],
             [s.value for s in steps], [s.error for s in steps],
-            [float(s.recorded_at) for s in steps])
+            [float(s.recorded_at) for s in steps], [s.ordinal for s in steps])
 
 
 def event_lock_key(event_type: str) -> int:
@@ -55,57 +55,86 @@ def event_lock_key(event_type: str) -> int:
 
 
 # -- fenced writes ------------------------------------------------------------------------
-# $1 run_id, $2 epoch, $3 now, $4..$9 the steps as arrays; op-specific from $10.
+# $1 run_id, $2 epoch, $3 now, $4..$10 the steps as arrays; op-specific from $11.
 # The UPDATE is the fence: if it matches no row, the inserts insert nothing.
+_STEPS = ("unnest($4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[],"
+          " $10::int[]) AS s(seq, kind, name, value, error, recorded_at, ordinal)")
+_HISTORY_COLUMNS = "seq, kind, name, value, error, recorded_at, ordinal"
 
-def fenced(sets: str = "", *, outbox: bool = False) -> str:
+
+def fenced(sets: str = "", *, outbox: bool = False, returning: str = "",
+           select: str = "namespace") -> str:
     """A statement that fences the lease, updates the run and records steps; it returns
-    the run's namespace, or no row when the lease was lost."""
+    the run's namespace (``select``), or no row when the lease was lost."""
     sql = (
         f"WITH f AS (UPDATE runs SET updated_at = $3, recoveries = 0{sets}"
-        " WHERE run_id = $1 AND epoch = $2 AND status = 'running' RETURNING run_id, namespace),"
-        " h AS (INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
-        " SELECT f.run_id, s.seq, s.kind, s.name, s.value, s.error, s.recorded_at FROM f,"
-        " unnest($4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[])"
-        " AS s(seq, kind, name, value, error, recorded_at))"
+        " WHERE run_id = $1 AND epoch = $2 AND status = 'running'"
+        f" RETURNING run_id, namespace{returning}),"
+        f" h AS (INSERT INTO history (run_id, {_HISTORY_COLUMNS})"
+        f" SELECT f.run_id, s.* FROM f, {_STEPS})"
     )
     if outbox:
         sql += (
             ", o AS (INSERT INTO outbox (run_id, namespace, record, next_attempt_at, created_at)"
             " SELECT f.run_id, f.namespace, r.record, $3, $3 FROM f,"
-            " unnest($10::text[]) WITH ORDINALITY AS r(record, n) ORDER BY r.n)"
+            " unnest($11::text[]) WITH ORDINALITY AS r(record, n) ORDER BY r.n)"
         )
-    return store_time(sql + " SELECT namespace FROM f", 3)
+    return store_time(sql + f" SELECT {select} FROM f", 3)
 
 
 APPEND = fenced(CLEAR_WAIT, outbox=True)
-APPEND_WITH_ATTEMPTS = fenced(CLEAR_WAIT + ", activity_attempts = $11", outbox=True)
+APPEND_WITH_ATTEMPTS = fenced(CLEAR_WAIT + ", activity_attempts = $12", outbox=True)
 FENCE_ONLY = fenced()
 # handed back on shutdown: attempts cut short by it are not counted as lost
 RELEASE = fenced(", status = 'pending', lease_owner = NULL, lease_expires = NULL,"
                  " activity_attempts = NULL")
 SUSPEND = fenced(", status = 'waiting_for_timer', lease_owner = NULL, lease_expires = NULL"
-                 + set_wait(10))
-FINISH = fenced(", status = $10, result = $11, error = $12, finished_at = $3,"
-                " lease_owner = NULL, lease_expires = NULL" + CLEAR_WAIT)
+                 + set_wait(11))
+# the end: also what a child needs to tell its parent (the parent's namespace, if it exists)
+FINISH = fenced(", status = $11, result = $12, error = $13, finished_at = $3,"
+                " lease_owner = NULL, lease_expires = NULL" + CLEAR_WAIT,
+                returning=", parent_run_id, chapter",
+                select="namespace, parent_run_id, chapter, (SELECT p.namespace FROM runs p"
+                       " WHERE p.run_id = f.parent_run_id) AS parent_namespace")
+# Continue as new: $11 the new input. The run's history (and the steps given, which the
+# history CTE could not see) moves to chapter ``chapter`` of the archive; the run becomes
+# pending in the next chapter with an empty history, its waits, attempts and lease cleared.
+CONTINUE = store_time(
+    "WITH o AS (SELECT run_id, namespace, input, chapter FROM runs WHERE run_id = $1"
+    " AND epoch = $2 AND status = 'running' FOR UPDATE),"
+    " f AS (UPDATE runs SET updated_at = $3, recoveries = 0, status = 'pending', input = $11,"
+    " chapter = o.chapter + 1, lease_owner = NULL, lease_expires = NULL,"
+    f" activity_attempts = NULL, result = NULL, error = NULL{CLEAR_WAIT} FROM o"
+    " WHERE runs.run_id = o.run_id RETURNING runs.run_id, o.namespace, o.input AS old_input,"
+    " o.chapter AS closed),"
+    " m AS (DELETE FROM history WHERE run_id IN (SELECT run_id FROM f)"
+    f" RETURNING {_HISTORY_COLUMNS}),"
+    f" s AS (SELECT * FROM {_STEPS}),"
+    f" a AS (INSERT INTO history_chapters (run_id, chapter, {_HISTORY_COLUMNS})"
+    f" SELECT f.run_id, f.closed, x.* FROM f, (SELECT * FROM m UNION ALL SELECT * FROM s) x),"
+    " c AS (INSERT INTO chapters (run_id, chapter, namespace, input, closed_at, steps)"
+    " SELECT f.run_id, f.closed, f.namespace, f.old_input, $3,"
+    " (SELECT count(*) FROM m) + (SELECT count(*) FROM s) FROM f)"
+    " SELECT namespace, closed + 1 AS chapter FROM f", 3)
 
 # -- runs ---------------------------------------------------------------------------------
 CREATE_RUN = (
     "INSERT INTO runs (run_id, namespace, workflow, input, status, created_at, updated_at,"
-    " pool, labels, build_id, upgrade) VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7,"
-    " $8, $9)"
+    " pool, labels, build_id, upgrade, parent_run_id) VALUES ($1, $2, $3, $4, 'pending', $5,"
+    " $5, $6, $7, $8, $9, $10)"
     " ON CONFLICT (run_id) DO NOTHING RETURNING *"
 )
 # Many runs: $1 now, then the columns as arrays; one row per distinct id: whether it was
 # created and the workflow its id belongs to.
 CREATE_RUNS = (
     "WITH n AS (SELECT DISTINCT ON (run_id) * FROM unnest($2::text[], $3::text[], $4::text[],"
-    " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY"
-    " AS n(run_id, namespace, workflow, input, pool, labels, build_id, upgrade, i)"
+    " $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY"
+    " AS n(run_id, namespace, workflow, input, pool, labels, build_id, upgrade, parent, i)"
     " ORDER BY run_id, i),"
     " ins AS (INSERT INTO runs (run_id, namespace, workflow, input, status, created_at,"
-    " updated_at, pool, labels, build_id, upgrade) SELECT run_id, namespace, workflow, input,"
-    " 'pending', $1, $1, pool, labels, build_id, upgrade FROM n ORDER BY i"
+    " updated_at, pool, labels, build_id, upgrade, parent_run_id) SELECT run_id, namespace,"
+    " workflow, input, 'pending', $1, $1, pool, labels, build_id, upgrade, parent FROM n"
+    " ORDER BY i"
     " ON CONFLICT (run_id) DO NOTHING RETURNING run_id)"
     " SELECT n.run_id, ins.run_id IS NOT NULL AS created, COALESCE(r.workflow, n.workflow)"
     " AS workflow FROM n LEFT JOIN ins ON ins.run_id = n.run_id"
@@ -118,11 +147,27 @@ RECORD_ATTEMPTS = (
 )
 LEASE_HOLDER = "SELECT epoch, lease_owner, status FROM runs WHERE run_id = $1"
 HISTORY = "SELECT * FROM history WHERE run_id = $1 ORDER BY seq"
+# A chapter's history: a closed one from the archive, or the current one ($1 run, $2 chapter)
+CHAPTER_HISTORY = (
+    f"SELECT {_HISTORY_COLUMNS} FROM history_chapters WHERE run_id = $1 AND chapter = $2"
+    f" UNION ALL SELECT {', '.join('h.' + c for c in _HISTORY_COLUMNS.split(', '))}"
+    " FROM history h JOIN runs r ON r.run_id = h.run_id WHERE h.run_id = $1 AND r.chapter = $2"
+    " ORDER BY seq"
+)
+CHAPTERS = "SELECT * FROM chapters WHERE run_id = $1 ORDER BY chapter"
 HISTORIES = "SELECT * FROM history WHERE run_id = ANY($1::text[]) ORDER BY run_id, seq"
+_UNFINISHED = "status NOT IN ('completed', 'failed', 'cancelled')"
+# Cancel run $1 (reason $2, now $3) if unfinished, with its unfinished descendants (reason
+# $4); each cancelled run with the namespace of its parent (to address its finished event).
 CANCEL = (
-    "UPDATE runs SET status = 'cancelled', error = $2, finished_at = $3, updated_at = $3,"
+    f"WITH RECURSIVE t AS (SELECT run_id FROM runs WHERE run_id = $1 AND {_UNFINISHED}"
+    " UNION SELECT r.run_id FROM runs r JOIN t ON r.parent_run_id = t.run_id),"
+    " c AS (UPDATE runs SET status = 'cancelled',"
+    " error = CASE WHEN run_id = $1 THEN $2 ELSE $4 END, finished_at = $3, updated_at = $3,"
     f" epoch = epoch + 1, lease_owner = NULL, lease_expires = NULL{CLEAR_WAIT}"
-    " WHERE run_id = $1 AND status NOT IN ('completed', 'failed', 'cancelled') RETURNING *"
+    f" WHERE run_id IN (SELECT run_id FROM t) AND {_UNFINISHED} RETURNING *)"
+    " SELECT c.*, p.namespace AS parent_namespace FROM c"
+    " LEFT JOIN runs p ON p.run_id = c.parent_run_id"
 )
 # $1 lease seconds, $2 worker, $3 runs, $4 now (NULL: the database's clock)
 RENEW = store_time(
@@ -190,11 +235,11 @@ def claim(*, workflows: bool, run_ids: bool, reclaim: bool, recovering: bool = T
 
 
 @functools.lru_cache(maxsize=16)
-def list_runs(*, namespace: bool, status: bool, workflow: bool) -> str:
+def list_runs(*, namespace: bool, status: bool, workflow: bool, parent: bool = False) -> str:
     """Runs newest first; the present filters are numbered $1.. in this order, then limit."""
     clauses = [f"{col} = ${i}" for i, col in enumerate(
-        [c for c, on in (("namespace", namespace), ("status", status), ("workflow", workflow))
-         if on], start=1)]
+        [c for c, on in (("namespace", namespace), ("status", status), ("workflow", workflow),
+                         ("parent_run_id", parent)) if on], start=1)]
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     return (f"SELECT * FROM runs{where} ORDER BY created_at DESC, run_id"
             f" LIMIT ${len(clauses) + 1}")
@@ -226,31 +271,33 @@ INSERT_EVENTS = (
     " ON CONFLICT (namespace, source, id) DO NOTHING RETURNING pk, namespace, source, id"
 )
 LOCK_RUNS = "SELECT * FROM runs WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE"
-# Resume the runs that still wait as they were read: $1 runs, $2 event pks, $3 seqs,
-# $4 event types, $5 records, $6 the waits' match texts, $7 now. Returns those resumed.
+# Resume the runs that still wait as they were read (the same suspension: status and epoch
+# unchanged): $1 runs, $2 event pks, $3 seqs, $4 step names, $5 records, $6 the epochs
+# read, $7 the ordinals, $8 now. Returns those resumed.
 RESUME = (
     "WITH t AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[],"
-    " $5::text[], $6::text[]) AS t(r, pk, s, n, v, m)),"
-    f" u AS (UPDATE runs SET status = 'pending', updated_at = $7{CLEAR_WAIT} FROM t"
-    " WHERE runs.run_id = t.r AND runs.status = 'waiting_for_event' AND runs.wait_seq = t.s"
-    " AND runs.wait_type = t.n AND runs.wait_match IS NOT DISTINCT FROM t.m"
-    " AND (runs.wake_at IS NULL OR runs.wake_at > $7)"  # a timed-out wait takes no late event
-    " RETURNING runs.run_id, t.pk, t.s, t.n, t.v),"
+    " $5::text[], $6::bigint[], $7::int[]) AS t(r, pk, s, n, v, e, o)),"
+    f" u AS (UPDATE runs SET status = 'pending', updated_at = $8{CLEAR_WAIT} FROM t"
+    " WHERE runs.run_id = t.r AND runs.status = 'waiting_for_event' AND runs.epoch = t.e"
+    " AND (runs.wake_at IS NULL OR runs.wake_at > $8)"  # a timed-out wait takes no late event
+    " RETURNING runs.run_id, t.pk, t.s, t.n, t.v, t.o),"
     " c AS (INSERT INTO consumptions (run_id, event_pk) SELECT run_id, pk FROM u),"
-    " h AS (INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
-    " SELECT run_id, s, 'event', n, v, NULL, $7 FROM u)"
+    f" h AS (INSERT INTO history (run_id, {_HISTORY_COLUMNS})"
+    " SELECT run_id, s, 'event', n, v, NULL, $8, o FROM u)"
     " SELECT run_id FROM u"
 )
+# Events a wait of run $3 may consume: of types $2, addressed to it, or kept since $4.
 FIND_EVENTS = (
-    "SELECT pk, record FROM events WHERE namespace = $1 AND type = $2"
+    "SELECT pk, record FROM events WHERE namespace = $1 AND type = ANY($2::text[])"
     " AND (target_run = $3 OR (target_run IS NULL AND received_at >= $4))"
     " AND NOT EXISTS (SELECT 1 FROM consumptions c WHERE c.run_id = $3 AND c.event_pk = events.pk)"
     " ORDER BY pk"
 )
+# $1 run, $2 event pk, $3 seq, $4 step name, $5 record, $6 now, $7 ordinal
 DELIVER = (
     "WITH c AS (INSERT INTO consumptions (run_id, event_pk) VALUES ($1, $2)),"
-    " h AS (INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
-    " VALUES ($1, $3, 'event', $4, $5, NULL, $6))"
+    f" h AS (INSERT INTO history (run_id, {_HISTORY_COLUMNS})"
+    " VALUES ($1, $3, 'event', $4, $5, NULL, $6, $7))"
     f" UPDATE runs SET updated_at = $6{CLEAR_WAIT} WHERE run_id = $1"
 )
 COUNT_EVENTS = "SELECT count(*) FROM events"

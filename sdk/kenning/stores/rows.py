@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from kenning.core.errors import LeaseLost
 from kenning.core.events import record_from_json
 from kenning.core.models import (
+    CHILD_FINISHED_TYPE,
+    TARGET_RUN_EXTENSION,
+    Chapter,
+    CloudEventRecord,
     Lease,
     NewRun,
     Notification,
@@ -28,25 +35,57 @@ WAITING_STATUSES = ("waiting_for_event", "waiting_for_timer")
 
 
 def wait_from_row(row: Mapping[str, Any]) -> Wait | None:
-    """The ``Wait`` stored in the wait columns of a ``runs`` row, if any."""
-    wait = None
-    if row["wait_kind"] is not None:
-        wait = Wait(
-            seq=row["wait_seq"],
-            kind=WaitKind(row["wait_kind"]),
-            wake_at=row["wake_at"],
-            event_type=row["wait_type"],
-            match=json.loads(row["wait_match"]) if row["wait_match"] else None,
-            lookback=row["wait_lookback"],
-            started_at=row["wait_started"],
-            attempt=row["wait_attempt"] or 0,
-            last_error=row["wait_error"],
-        )
-    return wait
+    """The first ``Wait`` (by seq) stored in the wait columns of a ``runs`` row, if any."""
+    waits = waits_from_row(row)
+    return waits[0] if waits else None
+
+
+def waits_from_row(row: Mapping[str, Any]) -> tuple[Wait, ...]:
+    """Every wait of a ``runs`` row, by seq: the ``waits`` JSON when the run waits on more
+    than the wait columns hold, else the one wait of the columns (or none)."""
+    text = row["waits"]
+    if text:
+        return tuple(_wait_from_dict(item) for item in json.loads(text))
+    if row["wait_kind"] is None:
+        return ()
+    return (Wait(
+        seq=row["wait_seq"],
+        kind=WaitKind(row["wait_kind"]),
+        wake_at=row["wake_at"],
+        event_type=row["wait_type"],
+        match=json.loads(row["wait_match"]) if row["wait_match"] else None,
+        lookback=row["wait_lookback"],
+        started_at=row["wait_started"],
+        attempt=row["wait_attempt"] or 0,
+        last_error=row["wait_error"],
+    ),)
+
+
+def _wait_to_dict(wait: Wait) -> dict[str, Any]:
+    item: dict[str, Any] = {"seq": wait.seq, "kind": wait.kind.value}
+    for name, value in (("wake_at", wait.wake_at), ("event_type", wait.event_type),
+                        ("match", wait.match or None), ("lookback", wait.lookback),
+                        ("started_at", wait.started_at), ("last_error", wait.last_error)):
+        if value is not None:
+            item[name] = value
+    if wait.attempt:
+        item["attempt"] = wait.attempt
+    if wait.other_types:
+        item["other_types"] = list(wait.other_types)
+    return item
+
+
+def _wait_from_dict(item: Mapping[str, Any]) -> Wait:
+    return Wait(seq=int(item["seq"]), kind=WaitKind(item["kind"]), wake_at=item.get("wake_at"),
+                event_type=item.get("event_type"), match=item.get("match"),
+                lookback=item.get("lookback"), started_at=item.get("started_at"),
+                attempt=int(item.get("attempt", 0)), last_error=item.get("last_error"),
+                other_types=tuple(item.get("other_types", ())))
 
 
 def run_from_row(row: Mapping[str, Any]) -> Run:
     """A ``Run`` from a row of the ``runs`` table."""
+    waits = waits_from_row(row)
     return Run(
         run_id=row["run_id"],
         namespace=row["namespace"],
@@ -62,13 +101,17 @@ def run_from_row(row: Mapping[str, Any]) -> Run:
         updated_at=row["updated_at"],
         lease_owner=row["lease_owner"],
         lease_expires=row["lease_expires"],
-        wait=wait_from_row(row),
+        wait=waits[0] if waits else None,
         pool=row["pool"],
         labels=json.loads(row["labels"]) if row["labels"] else {},
         activity_attempts=attempts_from_text(row["activity_attempts"]),
         recoveries=row["recoveries"] or 0,
         build_id=row["build_id"],
         upgrade=row["upgrade"],
+        waits=waits,
+        wait_ordinal=row["wait_ordinal"] if waits else None,
+        parent_run_id=row["parent_run_id"],
+        chapter=row["chapter"] or 0,
     )
 
 
@@ -91,7 +134,14 @@ def step_from_row(row: Mapping[str, Any]) -> Step:
         value=row["value"],
         recorded_at=row["recorded_at"],
         error=row["error"],
+        ordinal=row["ordinal"],
     )
+
+
+def chapter_from_row(row: Mapping[str, Any]) -> Chapter:
+    """A ``Chapter`` from a row of the ``chapters`` table."""
+    return Chapter(run_id=row["run_id"], chapter=row["chapter"], input=row["input"],
+                   closed_at=row["closed_at"], steps=row["steps"])
 
 
 def outbox_from_row(row: Mapping[str, Any]) -> OutboxEntry:
@@ -108,25 +158,75 @@ def outbox_from_row(row: Mapping[str, Any]) -> OutboxEntry:
     )
 
 
-def wait_columns(wait: Wait | None) -> dict[str, Any]:
-    """Column values that store ``wait`` on a run row (all ``None`` to clear it)."""
-    if wait is None:
+def wait_columns(waits: Sequence[Wait], ordinal: int | None = None) -> dict[str, Any]:
+    """Column values that store ``waits`` on a run row (``()`` clears them): the first wait
+    by seq in the ``wait_*`` columns, ``wake_at`` the earliest of all, the ``waits`` JSON
+    only when the columns cannot hold them all (several waits, or several event types),
+    and the ordinal the next delivered step takes."""
+    if not waits:
         return {
             "wait_seq": None, "wait_kind": None, "wake_at": None, "wait_type": None,
             "wait_match": None, "wait_lookback": None, "wait_started": None,
-            "wait_attempt": 0, "wait_error": None,
+            "wait_attempt": 0, "wait_error": None, "waits": None, "wait_ordinal": None,
         }
+    ordered = sorted(waits, key=lambda w: w.seq)
+    first = ordered[0]
+    wakes = [w.wake_at for w in ordered if w.wake_at is not None]
+    several = len(ordered) > 1 or bool(first.other_types)
     return {
-        "wait_seq": wait.seq,
-        "wait_kind": wait.kind.value,
-        "wake_at": wait.wake_at,
-        "wait_type": wait.event_type,
-        "wait_match": json.dumps(wait.match) if wait.match else None,
-        "wait_lookback": wait.lookback,
-        "wait_started": wait.started_at,
-        "wait_attempt": wait.attempt,
-        "wait_error": wait.last_error,
+        "wait_seq": first.seq,
+        "wait_kind": first.kind.value,
+        "wake_at": min(wakes) if wakes else None,
+        "wait_type": first.event_type,
+        "wait_match": json.dumps(first.match) if first.match else None,
+        "wait_lookback": first.lookback,
+        "wait_started": first.started_at,
+        "wait_attempt": first.attempt,
+        "wait_error": first.last_error,
+        "waits": json.dumps([_wait_to_dict(w) for w in ordered]) if several else None,
+        "wait_ordinal": ordinal,
     }
+
+
+def earliest_wake(waits: Sequence[Wait]) -> float | None:
+    """The earliest ``wake_at`` of ``waits``, or ``None``."""
+    wakes = [w.wake_at for w in waits if w.wake_at is not None]
+    return min(wakes) if wakes else None
+
+
+def _json_or_text(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def child_of(lease: Lease, new: NewRun) -> NewRun:
+    """A child run to create under ``lease``: its parent is the leased run by default."""
+    if new.parent_run_id is not None:
+        return new
+    return replace(new, parent_run_id=lease.run_id)
+
+
+CHILD_EVENT_EXPIRY = math.inf
+"""A child's finished event is kept until its parent is purged (a parent may wait for it
+at any time), not for the event retention."""
+
+
+def child_finished_event(*, child: str, namespace: str, chapter: int, parent: str,
+                         status: str, result: str | None, error: str | None,
+                         now: float) -> CloudEventRecord:
+    """The ``CHILD_FINISHED_TYPE`` event a finished child run addresses to its parent."""
+    data = {"run_id": child, "status": status, "result": _json_or_text(result),
+            "error": error}
+    return CloudEventRecord(
+        id=f"{child}/finished/{chapter}", source=f"/kenning/{namespace}/runs/{child}",
+        type=CHILD_FINISHED_TYPE, subject=child,
+        time=datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+        datacontenttype="application/json", data=json.dumps(data),
+        extensions={TARGET_RUN_EXTENSION: parent})
 
 
 def lease_lost(lease: Lease, holder: tuple[int, str | None, str] | None) -> LeaseLost:

@@ -16,6 +16,7 @@ from kenning.core.models import (
     AcceptOutcome,
     AcceptResult,
     BuildCount,
+    Chapter,
     ClaimedRun,
     ClaimScope,
     CloudEventRecord,
@@ -30,16 +31,27 @@ from kenning.core.models import (
     Step,
     StepKind,
     Wait,
+    WaitKind,
 )
 from kenning.core.store import EventWaitResult, Listener
-from kenning.core.validation import validate_events, validate_new_run
+from kenning.core.validation import (
+    MAX_INPUT_BYTES,
+    check_size,
+    validate_events,
+    validate_new_run,
+)
 from kenning.stores import run_scans as scans
 from kenning.stores import sqlite_match, sqlite_schema
 from kenning.stores.claim_scope import sqlite_scope
 from kenning.stores.listeners import ListenerSet
 from kenning.stores.rows import (
+    CHILD_EVENT_EXPIRY,
     DEFAULT_FINISHED_RETENTION,
     attempts_to_text,
+    chapter_from_row,
+    child_finished_event,
+    child_of,
+    earliest_wake,
     first_created,
     lease_lost,
     outbox_from_row,
@@ -47,6 +59,7 @@ from kenning.stores.rows import (
     runnable_notes,
     step_from_row,
     wait_columns,
+    waits_from_row,
 )
 from kenning.stores.sqlite_retention import SqliteRetention
 from kenning.stores.sqlite_writer import GroupCommitWriter
@@ -61,7 +74,20 @@ _RUNNABLE = """
      OR (status IN ('waiting_for_event', 'waiting_for_timer') AND wake_at <= :now)
      OR (status = 'running' AND (lease_expires < :now OR (:reclaim AND lease_owner = :worker))))
 """
-_CLEAR_WAIT = ", ".join(f"{col} = :{col}" for col in wait_columns(None))
+_CLEAR_WAIT = ", ".join(f"{col} = :{col}" for col in wait_columns(()))
+_NO_WAIT = wait_columns(())
+_INSERT_RUN = (
+    "INSERT OR IGNORE INTO runs (run_id, namespace, workflow, input, status, created_at,"
+    " updated_at, pool, labels, build_id, upgrade, parent_run_id)"
+    " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+)
+_HISTORY_COLUMNS = "seq, kind, name, value, error, recorded_at, ordinal"
+_UNFINISHED = "status NOT IN ('completed', 'failed', 'cancelled')"
+
+
+def _run_values(new: NewRun, now: float) -> tuple[Any, ...]:
+    return (new.run_id, new.namespace, new.workflow, new.input, now, now, new.pool,
+            json.dumps(new.labels), new.build_id, new.upgrade, new.parent_run_id)
 
 
 class SqliteStore(SqliteRetention):
@@ -133,13 +159,7 @@ class SqliteStore(SqliteRetention):
 
         def op(conn: Conn, notes: Notes) -> tuple[Run, bool]:
             now = self.clock()
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO runs (run_id, namespace, workflow, input, status, "
-                "created_at, updated_at, pool, labels, build_id, upgrade)"
-                " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-                (new.run_id, new.namespace, new.workflow, new.input, now, now, new.pool,
-                 json.dumps(new.labels), new.build_id, new.upgrade),
-            )
+            cur = conn.execute(_INSERT_RUN, _run_values(new, now))
             created = cur.rowcount == 1
             if created:
                 notes.append(Notification(NotificationKind.RUNNABLE, new.run_id))
@@ -151,26 +171,25 @@ class SqliteStore(SqliteRetention):
         batch = [validate_new_run(new) for new in news]
 
         def op(conn: Conn, notes: Notes) -> list[tuple[bool, str]]:
-            now = self.clock()
-            found: dict[str, tuple[bool, str]] = {}
-            for new in batch:
-                if new.run_id in found:
-                    continue
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO runs (run_id, namespace, workflow, input, status,"
-                    " created_at, updated_at, pool, labels, build_id, upgrade)"
-                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-                    (new.run_id, new.namespace, new.workflow, new.input, now, now, new.pool,
-                     json.dumps(new.labels), new.build_id, new.upgrade))
-                if cur.rowcount == 1:
-                    found[new.run_id] = (True, new.workflow)
-                else:
-                    row = conn.execute("SELECT workflow FROM runs WHERE run_id = ?",
-                                       (new.run_id,)).fetchone()
-                    found[new.run_id] = (False, row[0])
-            notes.extend(runnable_notes([i for i, (made, _) in found.items() if made]))
-            return first_created(batch, found)
+            return self._create_runs(conn, notes, batch)
         return await self._writer.run(op) if batch else []
+
+    def _create_runs(self, conn: Conn, notes: Notes, batch: list[NewRun]
+                     ) -> list[tuple[bool, str]]:
+        now = self.clock()
+        found: dict[str, tuple[bool, str]] = {}
+        for new in batch:
+            if new.run_id in found:
+                continue
+            cur = conn.execute(_INSERT_RUN, _run_values(new, now))
+            if cur.rowcount == 1:
+                found[new.run_id] = (True, new.workflow)
+            else:
+                row = conn.execute("SELECT workflow FROM runs WHERE run_id = ?",
+                                   (new.run_id,)).fetchone()
+                found[new.run_id] = (False, row[0])
+        notes.extend(runnable_notes([i for i, (made, _) in found.items() if made]))
+        return first_created(batch, found)
 
     def _get(self, conn: Conn, run_id: str) -> Run:
         row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -186,11 +205,13 @@ class SqliteStore(SqliteRetention):
         return await self._writer.run(op)
 
     async def list_runs(self, *, namespace: str | None = None, status: RunStatus | None = None,
-                        workflow: str | None = None, limit: int = 100) -> list[Run]:
-        """Runs, newest first."""
+                        workflow: str | None = None, parent: str | None = None,
+                        limit: int = 100) -> list[Run]:
+        """Runs, newest first (``parent``: the children of that run)."""
         clauses, params = [], []
         for column, value in (("namespace", namespace), ("workflow", workflow),
-                              ("status", status.value if status else None)):
+                              ("status", status.value if status else None),
+                              ("parent_run_id", parent)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
@@ -201,10 +222,17 @@ class SqliteStore(SqliteRetention):
             return [run_from_row(r) for r in conn.execute(sql, (*params, limit))]
         return await self._writer.run(op)
 
-    async def load_history(self, run_id: str) -> list[Step]:
-        """The run's history in order."""
+    async def load_history(self, run_id: str, *, chapter: int | None = None) -> list[Step]:
+        """The run's history in order: the current chapter, or ``chapter``."""
         def op(conn: Conn, notes: Notes) -> list[Step]:
-            return self._history(conn, run_id)
+            if chapter is None:
+                return self._history(conn, run_id)
+            rows = conn.execute(
+                f"SELECT {_HISTORY_COLUMNS} FROM history_chapters WHERE run_id = :run"
+                f" AND chapter = :chapter UNION ALL SELECT {_HISTORY_COLUMNS} FROM history"
+                " WHERE run_id = :run AND :chapter = (SELECT chapter FROM runs"
+                " WHERE run_id = :run) ORDER BY seq", {"run": run_id, "chapter": int(chapter)})
+            return [step_from_row(r) for r in rows]
         return await self._writer.run(op)
 
     @staticmethod
@@ -212,22 +240,49 @@ class SqliteStore(SqliteRetention):
         rows = conn.execute("SELECT * FROM history WHERE run_id = ? ORDER BY seq", (run_id,))
         return [step_from_row(r) for r in rows]
 
+    async def list_chapters(self, run_id: str) -> list[Chapter]:
+        """The run's closed chapters, oldest first."""
+        def op(conn: Conn, notes: Notes) -> list[Chapter]:
+            rows = conn.execute("SELECT * FROM chapters WHERE run_id = ? ORDER BY chapter",
+                                (run_id,))
+            return [chapter_from_row(r) for r in rows]
+        return await self._writer.run(op)
+
     async def cancel_run(self, run_id: str, reason: str) -> Run:
-        """Cancel an unfinished run and fence out its worker."""
+        """Cancel an unfinished run and its unfinished descendants, fencing out their
+        workers; each cancelled child tells its parent."""
         def op(conn: Conn, notes: Notes) -> Run:
             now = self.clock()
-            cur = conn.execute(
-                f"UPDATE runs SET status = 'cancelled', error = :reason, finished_at = :now, "
-                f"updated_at = :now, epoch = epoch + 1, lease_owner = NULL, lease_expires = NULL, "
-                f"{_CLEAR_WAIT} WHERE run_id = :run_id "
-                f"AND status NOT IN ('completed', 'failed', 'cancelled')",
-                {"reason": reason, "now": now, "run_id": run_id, **wait_columns(None)},
-            )
-            if cur.rowcount:
-                notes.append(Notification(NotificationKind.CANCELLED, run_id))
-                notes.append(Notification(NotificationKind.FINISHED, run_id))
+            rows = conn.execute(
+                f"WITH RECURSIVE t(run_id) AS (SELECT run_id FROM runs WHERE run_id = :run_id"
+                f" AND {_UNFINISHED} UNION SELECT r.run_id FROM runs r JOIN t"
+                " ON r.parent_run_id = t.run_id)"
+                " UPDATE runs SET status = 'cancelled',"
+                " error = CASE WHEN run_id = :run_id THEN :reason ELSE :inherited END,"
+                " finished_at = :now, updated_at = :now, epoch = epoch + 1,"
+                f" lease_owner = NULL, lease_expires = NULL, {_CLEAR_WAIT}"
+                f" WHERE run_id IN (SELECT run_id FROM t) AND {_UNFINISHED} RETURNING *",
+                {"reason": reason, "inherited": f"cancelled with {run_id}: {reason}",
+                 "now": now, "run_id": run_id, **_NO_WAIT}).fetchall()
+            for row in rows:
+                notes.append(Notification(NotificationKind.CANCELLED, row["run_id"]))
+                notes.append(Notification(NotificationKind.FINISHED, row["run_id"]))
+            for row in rows:
+                if row["parent_run_id"] is not None:
+                    self._tell_parent(conn, notes, row["parent_run_id"], child_finished_event(
+                        child=row["run_id"], namespace=row["namespace"], chapter=row["chapter"],
+                        parent=row["parent_run_id"], status=RunStatus.CANCELLED.value,
+                        result=None, error=row["error"], now=now), now)
             return self._get(conn, run_id)
         return await self._writer.run(op)
+
+    def _tell_parent(self, conn: Conn, notes: Notes, parent: str, record: CloudEventRecord,
+                     now: float) -> None:
+        """Address a finished child's event to its parent (kept until the parent is purged)
+        and resume the parent if it waits for it."""
+        row = conn.execute("SELECT namespace FROM runs WHERE run_id = ?", (parent,)).fetchone()
+        if row is not None:
+            self._accept_one(conn, notes, row[0], record, now, expires_at=CHILD_EVENT_EXPIRY)
 
     # -- worker -------------------------------------------------------------------------
     async def claim_runs(self, worker_id: str, *, limit: int, lease_seconds: float,
@@ -332,11 +387,14 @@ class SqliteStore(SqliteRetention):
         return lease_lost(lease, None if row is None else (row[0], row[1], row[2]))
 
     @staticmethod
-    def _insert_steps(conn: Conn, run_id: str, steps: Sequence[Step]) -> None:
+    def _insert_steps(conn: Conn, run_id: str, steps: Sequence[Step],
+                      table: str = "history", chapter: int | None = None) -> None:
+        head, marks = ("run_id", "?") if chapter is None else ("run_id, chapter", "?, ?")
         conn.executemany(
-            "INSERT INTO history (run_id, seq, kind, name, value, error, recorded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(run_id, s.seq, s.kind.value, s.name, s.value, s.error, s.recorded_at) for s in steps],
+            f"INSERT INTO {table} ({head}, {_HISTORY_COLUMNS}) VALUES ({marks}, ?, ?, ?, ?, ?,"
+            " ?, ?)",
+            [(run_id, *(() if chapter is None else (chapter,)), s.seq, s.kind.value, s.name,
+              s.value, s.error, s.recorded_at, s.ordinal) for s in steps],
         )
 
     async def record_attempts(self, lease: Lease, attempts: Mapping[int, int]) -> None:
@@ -364,13 +422,15 @@ class SqliteStore(SqliteRetention):
 
     async def append_steps(self, lease: Lease, steps: Sequence[Step],
                            outbox: Sequence[CloudEventRecord] = (), *,
-                           attempts: Mapping[int, int] | None = None) -> None:
+                           attempts: Mapping[int, int] | None = None,
+                           children: Sequence[NewRun] = ()) -> None:
         """Record steps and emitted events in one commit, fenced by the lease (and the
-        activity attempts started, when given)."""
-        sets, params = ", " + _CLEAR_WAIT, wait_columns(None)
+        activity attempts started, when given), and create the child runs given."""
+        sets, params = ", " + _CLEAR_WAIT, _NO_WAIT
         if attempts is not None:
             sets += ", activity_attempts = :attempts"
             params = {**params, "attempts": attempts_to_text(attempts)}
+        kids = [validate_new_run(child_of(lease, new)) for new in children]
 
         def op(conn: Conn, notes: Notes) -> None:
             now = self._fence(conn, lease, sets, params)
@@ -383,44 +443,73 @@ class SqliteStore(SqliteRetention):
                     " VALUES (?, ?, ?, ?, ?)",
                     [(lease.run_id, namespace, record_to_json(r), now, now) for r in outbox])
                 notes.append(Notification(NotificationKind.OUTBOX, lease.run_id))
+            if kids:
+                self._create_runs(conn, notes, kids)
         await self._writer.run(op)
+
+    async def begin_waits(self, lease: Lease, waits: Sequence[Wait], steps: Sequence[Step] = (),
+                          *, next_ordinal: int, suspend: bool = True) -> EventWaitResult:
+        """Consume an event one of the event waits takes, or suspend the run on all waits
+        (see ``Store.begin_waits``)."""
+        return await self._begin_waits(lease, waits, steps, next_ordinal, suspend)
 
     async def begin_event_wait(self, lease: Lease, wait: Wait,
                                steps: Sequence[Step] = ()) -> EventWaitResult:
-        """Consume an event already there, or suspend the run waiting for one."""
+        """``begin_waits`` with one wait (its steps recorded without an ordinal)."""
+        return await self._begin_waits(lease, [wait], steps, None, True)
+
+    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
+        """``begin_waits`` with one timer or retry wait."""
+        await self._begin_waits(lease, [wait], steps, None, True)
+
+    async def _begin_waits(self, lease: Lease, waits: Sequence[Wait], steps: Sequence[Step],
+                           ordinal: int | None, suspend: bool) -> EventWaitResult:
+        ordered = sorted(waits, key=lambda w: w.seq)
+        if suspend and not ordered:
+            raise ValueError("begin_waits: nothing to suspend on (no waits)")
+        events = [w for w in ordered if w.kind is WaitKind.EVENT]
+        cols = wait_columns(ordered, ordinal)
+        wake_at = earliest_wake(ordered)
+
         def op(conn: Conn, notes: Notes) -> EventWaitResult:
             now = self._fence(conn, lease)
             self._insert_steps(conn, lease.run_id, steps)
-            run = self._get(conn, lease.run_id)
-            found = self._find_waiting_event(conn, run, wait)
-            if found is not None:
-                pk, record = found
-                step = self._deliver(conn, run.run_id, wait, pk, record, now)
-                conn.execute(f"UPDATE runs SET {_CLEAR_WAIT} WHERE run_id = :run_id",
-                             {"run_id": run.run_id, **wait_columns(None)})
-                return EventWaitResult(step)
-            cols = wait_columns(wait)
+            namespace = conn.execute("SELECT namespace FROM runs WHERE run_id = ?",
+                                     (lease.run_id,)).fetchone()[0]
+            for wait in events:
+                found = self._find_waiting_event(conn, namespace, lease.run_id, wait)
+                if found is not None:
+                    pk, record = found
+                    step = self._deliver(conn, lease.run_id, wait, pk, record, now, ordinal)
+                    conn.execute(f"UPDATE runs SET {_CLEAR_WAIT} WHERE run_id = :run_id",
+                                 {"run_id": lease.run_id, **_NO_WAIT})
+                    return EventWaitResult(step)
+            if not suspend:
+                return EventWaitResult(None)
+            status = "waiting_for_event" if events else "waiting_for_timer"
             conn.execute(
-                "UPDATE runs SET status = 'waiting_for_event', lease_owner = NULL,"
+                f"UPDATE runs SET status = '{status}', lease_owner = NULL,"
                 f" lease_expires = NULL, {', '.join(f'{c} = :{c}' for c in cols)}"
-                " WHERE run_id = :run_id", {"run_id": run.run_id, **cols})
-            sqlite_match.index_wait(conn, run.namespace, run.run_id, wait)
-            if wait.wake_at is not None:
-                notes.append(Notification(NotificationKind.TIMER, run.run_id, wait.wake_at))
+                " WHERE run_id = :run_id", {"run_id": lease.run_id, **cols})
+            sqlite_match.index_waits(conn, namespace, lease.run_id, events)
+            if wake_at is not None:
+                notes.append(Notification(NotificationKind.TIMER, lease.run_id, wake_at))
             else:
-                notes.append(Notification(NotificationKind.WAITING, run.run_id))
+                notes.append(Notification(NotificationKind.WAITING, lease.run_id))
             return EventWaitResult(None)
         return await self._writer.run(op)
 
-    def _find_waiting_event(self, conn: Conn, run: Run, wait: Wait
+    def _find_waiting_event(self, conn: Conn, namespace: str, run_id: str, wait: Wait
                             ) -> tuple[int, CloudEventRecord] | None:
         since = (wait.started_at or self.clock()) - (wait.lookback or 0.0)
+        types = {f"t{i}": t for i, t in enumerate(wait.event_types)}
         rows = conn.execute(
-            "SELECT pk, record FROM events WHERE namespace = :ns AND type = :type"
+            "SELECT pk, record FROM events WHERE namespace = :ns"
+            f" AND type IN ({', '.join(':' + k for k in types) or 'NULL'})"
             " AND (target_run = :run OR (target_run IS NULL AND received_at >= :since))"
             " AND pk NOT IN (SELECT event_pk FROM consumptions WHERE run_id = :run)"
             " ORDER BY pk",
-            {"ns": run.namespace, "type": wait.event_type, "run": run.run_id, "since": since})
+            {"ns": namespace, "run": run_id, "since": since, **types})
         for row in rows:
             record = record_from_json(row["record"])
             if event_matches(record, wait.match):
@@ -429,36 +518,61 @@ class SqliteStore(SqliteRetention):
 
     @staticmethod
     def _deliver(conn: Conn, run_id: str, wait: Wait, pk: int, record: CloudEventRecord,
-                 now: float) -> Step:
-        step = Step(wait.seq, StepKind.EVENT, record.type, record_to_json(record), now)
+                 now: float, ordinal: int | None) -> Step:
+        step = Step(wait.seq, StepKind.EVENT, wait.step_name, record_to_json(record), now,
+                    ordinal=ordinal)
         conn.execute("INSERT INTO consumptions (run_id, event_pk) VALUES (?, ?)", (run_id, pk))
         SqliteStore._insert_steps(conn, run_id, [step])
         return step
 
-    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
-        """Suspend on a timer or retry delay."""
-        cols = wait_columns(wait)
-        sets = (", status = 'waiting_for_timer', lease_owner = NULL, lease_expires = NULL, "
-                + ", ".join(f"{c} = :{c}" for c in cols))
-
-        def op(conn: Conn, notes: Notes) -> None:
-            self._fence(conn, lease, sets, cols)
-            self._insert_steps(conn, lease.run_id, steps)
-            notes.append(Notification(NotificationKind.TIMER, lease.run_id, wait.wake_at))
-        await self._writer.run(op)
-
     async def finish_run(self, lease: Lease, status: RunStatus, *, result: str | None = None,
                          error: str | None = None, steps: Sequence[Step] = ()) -> None:
-        """End the run completed or failed."""
+        """End the run completed or failed; a child tells its parent in the same commit."""
         sets = (", status = :status, result = :result, error = :error, finished_at = :now,"
                 f" lease_owner = NULL, lease_expires = NULL, {_CLEAR_WAIT}")
-        params = {"status": status.value, "result": result, "error": error, **wait_columns(None)}
+        params = {"status": status.value, "result": result, "error": error, **_NO_WAIT}
 
         def op(conn: Conn, notes: Notes) -> None:
-            self._fence(conn, lease, sets, params)
+            now = self._fence(conn, lease, sets, params)
             self._insert_steps(conn, lease.run_id, steps)
             notes.append(Notification(NotificationKind.FINISHED, lease.run_id))
+            row = conn.execute("SELECT namespace, parent_run_id, chapter FROM runs"
+                               " WHERE run_id = ?", (lease.run_id,)).fetchone()
+            if row["parent_run_id"] is not None:
+                self._tell_parent(conn, notes, row["parent_run_id"], child_finished_event(
+                    child=lease.run_id, namespace=row["namespace"], chapter=row["chapter"],
+                    parent=row["parent_run_id"], status=status.value, result=result,
+                    error=error, now=now), now)
         await self._writer.run(op)
+
+    async def continue_run(self, lease: Lease, input: str, steps: Sequence[Step] = ()) -> int:
+        """Close the run's chapter (history and input archived) and make it pending again
+        with ``input`` and an empty history; returns the new chapter's number."""
+        check_size("input", input, MAX_INPUT_BYTES)
+
+        def op(conn: Conn, notes: Notes) -> int:
+            old = conn.execute("SELECT namespace, input, chapter FROM runs WHERE run_id = ?"
+                               " AND epoch = ? AND status = 'running'",
+                               (lease.run_id, lease.epoch)).fetchone()
+            if old is None:
+                raise self._lost(conn, lease)
+            closed = int(old["chapter"])
+            now = self._fence(conn, lease, ", status = 'pending', input = :input,"
+                              " chapter = chapter + 1, lease_owner = NULL, lease_expires = NULL,"
+                              " activity_attempts = NULL, result = NULL, error = NULL, "
+                              + _CLEAR_WAIT, {"input": input, **_NO_WAIT})
+            self._insert_steps(conn, lease.run_id, steps)
+            moved = conn.execute(
+                f"INSERT INTO history_chapters (run_id, chapter, {_HISTORY_COLUMNS})"
+                f" SELECT run_id, ?, {_HISTORY_COLUMNS} FROM history WHERE run_id = ?",
+                (closed, lease.run_id)).rowcount
+            conn.execute("DELETE FROM history WHERE run_id = ?", (lease.run_id,))
+            conn.execute("INSERT INTO chapters (run_id, chapter, namespace, input, closed_at,"
+                         " steps) VALUES (?, ?, ?, ?, ?, ?)",
+                         (lease.run_id, closed, old["namespace"], old["input"], now, moved))
+            notes.append(Notification(NotificationKind.RUNNABLE, lease.run_id))
+            return closed + 1
+        return await self._writer.run(op)
 
     async def next_wake_at(self) -> float | None:
         """The earliest due time of a suspended run."""
@@ -481,12 +595,12 @@ class SqliteStore(SqliteRetention):
         return await self._writer.run(op)
 
     def _accept_one(self, conn: Conn, notes: Notes, namespace: str, ev: CloudEventRecord,
-                    now: float) -> AcceptResult:
+                    now: float, *, expires_at: float | None = None) -> AcceptResult:
         cur = conn.execute(
             "INSERT OR IGNORE INTO events (namespace, source, id, type, target_run, record,"
             " received_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (namespace, ev.source, ev.id, ev.type, ev.target_run, record_to_json(ev), now,
-             now + self.event_retention))
+             now + self.event_retention if expires_at is None else expires_at))
         if cur.rowcount != 1:
             return AcceptResult(AcceptOutcome.DUPLICATE)
         pk = cur.lastrowid
@@ -496,20 +610,20 @@ class SqliteStore(SqliteRetention):
         else:
             rows = conn.execute(
                 "SELECT * FROM runs WHERE namespace = ? AND status = 'waiting_for_event'"
-                " AND wait_type = ? AND (wake_at IS NULL OR wake_at > ?) AND run_id = ?",
-                (namespace, ev.type, now, ev.target_run)).fetchall()
+                " AND (wake_at IS NULL OR wake_at > ?) AND run_id = ?",
+                (namespace, now, ev.target_run)).fetchall()
         resumed = []
         for row in rows:
-            run = run_from_row(row)
-            assert run.wait is not None
-            if not event_matches(ev, run.wait.match):
+            wait = next((w for w in waits_from_row(row) if w.kind is WaitKind.EVENT
+                         and ev.type in w.event_types and event_matches(ev, w.match)), None)
+            if wait is None:
                 continue
-            self._deliver(conn, run.run_id, run.wait, pk, ev, now)
+            self._deliver(conn, row["run_id"], wait, pk, ev, now, row["wait_ordinal"])
             conn.execute(
                 f"UPDATE runs SET status = 'pending', updated_at = :now, {_CLEAR_WAIT}"
-                " WHERE run_id = :run_id", {"now": now, "run_id": run.run_id, **wait_columns(None)})
-            notes.append(Notification(NotificationKind.RUNNABLE, run.run_id))
-            resumed.append(run.run_id)
+                " WHERE run_id = :run_id", {"now": now, "run_id": row["run_id"], **_NO_WAIT})
+            notes.append(Notification(NotificationKind.RUNNABLE, row["run_id"]))
+            resumed.append(row["run_id"])
         return AcceptResult(AcceptOutcome.ACCEPTED, tuple(resumed))
 
     async def count_events(self) -> int:

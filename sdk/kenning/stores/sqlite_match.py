@@ -1,37 +1,48 @@
 """Indexed event matching on SQLite, the same tables and rules as ``postgres_match``.
 
-A wait writes one ``wait_keys`` row per ``match`` key (one with the empty path when it has
-none) and the paths it uses in ``wait_paths``; a trigger deletes a run's rows when it stops
-waiting. An event's candidates are the runs with a row for every key of their wait, found
-by index from the values the event has at the paths waited on for its type.
+An event wait writes one ``wait_keys`` row per ``match`` key (one with the empty path when
+it has none) for each of its event types, under its ``seq``, and the paths it uses in
+``wait_paths``; a trigger deletes a run's rows when it stops waiting. An event's candidates
+are the runs with a row for every key of one of their waits, found by index from the values
+the event has at the paths waited on for its type.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from kenning.core.matching import event_keys, wait_keys
-from kenning.core.models import CloudEventRecord, Wait
+from kenning.core.models import CloudEventRecord, Wait, WaitKind
 
 
-def index_wait(conn: sqlite3.Connection, namespace: str, run_id: str, wait: Wait) -> None:
-    """Write the keys of ``wait`` for the run that just began it."""
-    keys = wait_keys(wait.match)
+def index_waits(conn: sqlite3.Connection, namespace: str, run_id: str,
+                waits: Sequence[Wait]) -> None:
+    """Write the keys of the event waits ``waits`` for the run that just began them."""
+    paths: set[tuple[str, str]] = set()
+    rows = []
+    for wait in waits:
+        if wait.kind is not WaitKind.EVENT:
+            continue
+        keys = wait_keys(wait.match)
+        for event_type in dict.fromkeys(wait.event_types):
+            paths.update((event_type, path) for path, _ in keys)
+            rows += [(namespace, event_type, path, value, run_id, wait.seq, len(keys))
+                     for path, value in keys]
     conn.executemany(
         "INSERT OR IGNORE INTO wait_paths (namespace, event_type, path) VALUES (?, ?, ?)",
-        [(namespace, wait.event_type, path) for path in sorted({p for p, _ in keys})])
+        [(namespace, event_type, path) for event_type, path in sorted(paths)])
     conn.executemany(
         "INSERT OR IGNORE INTO wait_keys (namespace, event_type, path, value, run_id, seq,"
-        " nkeys) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(namespace, wait.event_type, path, value, run_id, wait.seq, len(keys))
-         for path, value in keys])
+        " nkeys) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def candidates(conn: sqlite3.Connection, namespace: str, event: CloudEventRecord,
                now: float) -> list[Any]:
-    """The ``runs`` rows waiting for ``event``'s type (not timed out) whose every key it
-    offers, in run id order."""
+    """The ``runs`` rows waiting for ``event``'s type (not timed out) one of whose waits has
+    every key it offers (keys count per wait: two waits of a run may share keys), in run id
+    order."""
     paths = [row[0] for row in conn.execute(
         "SELECT path FROM wait_paths WHERE namespace = ? AND event_type = ?",
         (namespace, event.type))]
@@ -41,9 +52,9 @@ def candidates(conn: sqlite3.Connection, namespace: str, event: CloudEventRecord
     offered = " UNION ALL ".join("SELECT ? AS path, ? AS value" for _ in keys)
     return conn.execute(
         f"WITH e AS ({offered}),"
-        " k AS (SELECT w.run_id FROM e JOIN wait_keys w ON w.namespace = ?"
+        " k AS (SELECT DISTINCT w.run_id FROM e JOIN wait_keys w ON w.namespace = ?"
         " AND w.event_type = ? AND w.path = e.path AND w.value = e.value"
-        " GROUP BY w.run_id, w.nkeys HAVING count(*) = w.nkeys)"
+        " GROUP BY w.run_id, w.seq, w.nkeys HAVING count(*) = w.nkeys)"
         " SELECT r.* FROM k JOIN runs r ON r.run_id = k.run_id"
         " WHERE r.status = 'waiting_for_event' AND (r.wake_at IS NULL OR r.wake_at > ?)"
         " ORDER BY r.run_id",

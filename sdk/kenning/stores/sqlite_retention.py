@@ -12,33 +12,54 @@ FINISHED = "status IN ('completed', 'failed', 'cancelled')"
 
 def purge_batch(conn: sqlite3.Connection, now: float, default_retention: float,
                 before: float | None, namespace: str | None, limit: int) -> int:
-    """Delete up to ``limit`` finished runs (see ``Store.purge_finished``); how many."""
-    if namespace is not None:
-        spaces = [namespace]
-    else:
-        spaces = [row[0] for row in conn.execute(
-            f"SELECT DISTINCT namespace FROM runs WHERE {FINISHED} ORDER BY namespace")]
+    """Delete up to ``limit`` finished runs (see ``Store.purge_finished``) with their
+    history, closed chapters and inbox, and up to ``limit`` closed chapters as old; how
+    many runs."""
     settings = dict(conn.execute("SELECT namespace, finished_retention FROM namespace_settings"))
-    purged = 0
-    for space in spaces:
+
+    def cutoff(space: str) -> float | None:
         if before is not None:
-            cutoff = before
-        else:
-            keep = float(settings.get(space, default_retention))
-            if keep <= 0:
-                continue  # 0 keeps finished runs forever
-            cutoff = now - keep
+            return before
+        keep = float(settings.get(space, default_retention))
+        return None if keep <= 0 else now - keep  # 0 keeps finished runs forever
+
+    purged = 0
+    spaces = [namespace] if namespace is not None else [row[0] for row in conn.execute(
+        f"SELECT DISTINCT namespace FROM runs WHERE {FINISHED} ORDER BY namespace")]
+    for space in spaces:
+        until = cutoff(space)
+        if until is None:
+            continue
         ids = [row[0] for row in conn.execute(
             f"SELECT run_id FROM runs WHERE namespace = ? AND {FINISHED} AND finished_at < ?"
-            " ORDER BY finished_at LIMIT ?", (space, cutoff, limit - purged))]
+            " ORDER BY finished_at LIMIT ?", (space, until, limit - purged))]
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ", ".join("?" * len(chunk))
-            conn.execute(f"DELETE FROM history WHERE run_id IN ({marks})", chunk)
-            conn.execute(f"DELETE FROM consumptions WHERE run_id IN ({marks})", chunk)
+            for table, column in (("history", "run_id"), ("consumptions", "run_id"),
+                                  ("chapters", "run_id"), ("history_chapters", "run_id"),
+                                  ("events", "target_run")):
+                conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk)
             conn.execute(f"DELETE FROM runs WHERE run_id IN ({marks}) AND {FINISHED}", chunk)
         purged += len(ids)
         if purged >= limit:
+            break
+    dropped = 0
+    spaces = [namespace] if namespace is not None else [row[0] for row in conn.execute(
+        "SELECT DISTINCT namespace FROM chapters ORDER BY namespace")]
+    for space in spaces:
+        until = cutoff(space)
+        if until is None:
+            continue
+        old = conn.execute("SELECT run_id, chapter FROM chapters WHERE namespace = ?"
+                           " AND closed_at < ? ORDER BY closed_at LIMIT ?",
+                           (space, until, limit - dropped)).fetchall()
+        conn.executemany("DELETE FROM history_chapters WHERE run_id = ? AND chapter = ?",
+                         [tuple(row) for row in old])
+        conn.executemany("DELETE FROM chapters WHERE run_id = ? AND chapter = ?",
+                         [tuple(row) for row in old])
+        dropped += len(old)
+        if dropped >= limit:
             break
     return purged
 

@@ -163,6 +163,67 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_inbox ON events(target_run, type) WHERE target_run IS NOT NULL;
     CREATE INDEX events_expiry ON events(expires_at);
     """,
+    # 7: concurrent steps (the order outcomes were delivered; several waits at once, each
+    # indexed under its seq), child runs, continue-as-new (closed chapters archived). The
+    # key of wait_keys takes the seq: the table is rebuilt (its triggers dropped meanwhile)
+    """
+    ALTER TABLE history ADD COLUMN ordinal INTEGER;
+    ALTER TABLE runs ADD COLUMN waits TEXT;
+    ALTER TABLE runs ADD COLUMN wait_ordinal INTEGER;
+    ALTER TABLE runs ADD COLUMN parent_run_id TEXT;
+    ALTER TABLE runs ADD COLUMN chapter INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX runs_parent ON runs(parent_run_id, created_at)
+        WHERE parent_run_id IS NOT NULL;
+    DROP TRIGGER runs_stop_waiting;
+    DROP TRIGGER runs_deleted_waiting;
+    CREATE TABLE wait_keys_by_seq (
+        namespace TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        path TEXT NOT NULL,
+        value TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        nkeys INTEGER NOT NULL,
+        PRIMARY KEY (namespace, event_type, path, value, run_id, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO wait_keys_by_seq (namespace, event_type, path, value, run_id, seq, nkeys)
+        SELECT namespace, event_type, path, value, run_id, seq, nkeys FROM wait_keys;
+    DROP TABLE wait_keys;
+    ALTER TABLE wait_keys_by_seq RENAME TO wait_keys;
+    CREATE INDEX wait_keys_run ON wait_keys(run_id);
+    CREATE TRIGGER runs_stop_waiting AFTER UPDATE OF status ON runs
+        WHEN OLD.status = 'waiting_for_event' AND NEW.status <> 'waiting_for_event'
+    BEGIN
+        DELETE FROM wait_keys WHERE run_id = OLD.run_id;
+    END;
+    CREATE TRIGGER runs_deleted_waiting AFTER DELETE ON runs
+        WHEN OLD.status = 'waiting_for_event'
+    BEGIN
+        DELETE FROM wait_keys WHERE run_id = OLD.run_id;
+    END;
+    CREATE TABLE chapters (
+        run_id TEXT NOT NULL,
+        chapter INTEGER NOT NULL,
+        namespace TEXT NOT NULL,
+        input TEXT NOT NULL,
+        closed_at REAL NOT NULL,
+        steps INTEGER NOT NULL,
+        PRIMARY KEY (run_id, chapter)
+    );
+    CREATE INDEX chapters_closed ON chapters(namespace, closed_at);
+    CREATE TABLE history_chapters (
+        run_id TEXT NOT NULL,
+        chapter INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT,
+        error TEXT,
+        recorded_at REAL NOT NULL,
+        ordinal INTEGER,
+        PRIMARY KEY (run_id, chapter, seq)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -93,7 +93,7 @@ async def test_one_wait_reads_back_as_the_only_wait(store: Store,
     await store.suspend(lease, timer_wait(0, fake_clock() + 5))  # the older entry point
     timer = await store.get_run("r2")
     assert timer is not None and timer.status is RunStatus.WAITING_FOR_TIMER
-    assert timer.waits == (timer_wait(0, fake_clock() + 5),) and timer.wait_ordinal is None
+    assert timer.waits == (timer_wait(0, fake_clock() + 5),) and timer.wait_ordinal == 0
 
 
 async def test_timers_and_retries_alone_wait_for_a_timer(store: Store,

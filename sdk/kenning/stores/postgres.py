@@ -498,18 +498,20 @@ class PostgresStore(PostgresRetention):
 
     async def begin_event_wait(self, lease: Lease, wait: Wait,
                                steps: Sequence[Step] = ()) -> EventWaitResult:
-        """``begin_waits`` with one wait (its steps recorded without an ordinal)."""
-        return await self._begin_waits(lease, [wait], steps, None, True)
+        """``begin_waits`` with one wait, delivered in the order of its seq."""
+        return await self._begin_waits(lease, [wait], steps, wait.seq, True)
 
     async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
-        """``begin_waits`` with one timer or retry wait."""
-        await self._begin_waits(lease, [wait], steps, None, True)
+        """``begin_waits`` with one timer or retry wait, delivered in the order of its seq."""
+        await self._begin_waits(lease, [wait], steps, wait.seq, True)
 
     async def _begin_waits(self, lease: Lease, waits: Sequence[Wait], steps: Sequence[Step],
-                           ordinal: int | None, suspend: bool) -> EventWaitResult:
-        """The run row is locked by the fence before events are searched, and the advisory
-        lock of each event type waited for is held exclusively, so no concurrent
-        ``accept_events`` can commit a matching event that neither side sees."""
+                           ordinal: int, suspend: bool) -> EventWaitResult:
+        """The run row is locked by the fence before events are searched, and, when the
+        run may suspend, the advisory lock of each event type waited for is held
+        exclusively, so no concurrent ``accept_events`` can commit a matching event that
+        neither side sees. A look without suspending needs no lock: an event it misses came
+        after the waits began, so the wait that suspends later finds it."""
         ordered = sorted(waits, key=lambda w: w.seq)
         if suspend and not ordered:
             raise ValueError("begin_waits: nothing to suspend on (no waits)")
@@ -539,11 +541,12 @@ class PostgresStore(PostgresRetention):
             else:
                 notes.append(Notification(NotificationKind.WAITING, lease.run_id))
             return EventWaitResult(None)
-        keys = sorted({sql.event_lock_key(t) for w in events for t in w.event_types})
+        keys = sorted({sql.event_lock_key(t) for w in events for t in w.event_types}
+                      if suspend else ())
         return await self._write(op, exclusive=keys)
 
     async def _suspend_on_timers(self, lease: Lease, waits: list[Wait], steps: Sequence[Step],
-                                 ordinal: int | None, suspend: bool) -> EventWaitResult:
+                                 ordinal: int, suspend: bool) -> EventWaitResult:
         """Suspend on timers and retry delays only (one statement), or just record steps."""
         if not suspend:
             async def record(conn: Conn, notes: Notes) -> EventWaitResult:

@@ -455,15 +455,15 @@ class SqliteStore(SqliteRetention):
 
     async def begin_event_wait(self, lease: Lease, wait: Wait,
                                steps: Sequence[Step] = ()) -> EventWaitResult:
-        """``begin_waits`` with one wait (its steps recorded without an ordinal)."""
-        return await self._begin_waits(lease, [wait], steps, None, True)
+        """``begin_waits`` with one wait, delivered in the order of its seq."""
+        return await self._begin_waits(lease, [wait], steps, wait.seq, True)
 
     async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
-        """``begin_waits`` with one timer or retry wait."""
-        await self._begin_waits(lease, [wait], steps, None, True)
+        """``begin_waits`` with one timer or retry wait, delivered in the order of its seq."""
+        await self._begin_waits(lease, [wait], steps, wait.seq, True)
 
     async def _begin_waits(self, lease: Lease, waits: Sequence[Wait], steps: Sequence[Step],
-                           ordinal: int | None, suspend: bool) -> EventWaitResult:
+                           ordinal: int, suspend: bool) -> EventWaitResult:
         ordered = sorted(waits, key=lambda w: w.seq)
         if suspend and not ordered:
             raise ValueError("begin_waits: nothing to suspend on (no waits)")

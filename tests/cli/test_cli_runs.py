@@ -212,7 +212,7 @@ def test_runs_history(cli: Invoke, seeded: Seeded) -> None:
     assert row.split()[:4] == ["0", "activity", "cli_seed_double", "42"]
     doc = json.loads(cli("runs", "history", seeded.ok, "--json", "--database",
                          seeded.database).stdout)
-    assert (doc["format"], doc["version"], doc["run_id"]) == ("kenning.history", 1, seeded.ok)
+    assert (doc["format"], doc["version"], doc["run_id"]) == ("kenning.history", 2, seeded.ok)
     assert doc["workflow"] == "cli_seed_ok" and doc["status"] == "completed"
     assert [(s["seq"], s["kind"], s["name"], s["value"]) for s in doc["steps"]] == \
         [(0, "activity", "cli_seed_double", 42)]

@@ -213,7 +213,7 @@ def test_cli_export_is_what_replay_takes(tmp_path: Path, backend: str,
     done, waiting = asyncio.run(record_on(database))
     text = export(done, database)
     doc = json.loads(text)
-    assert doc["format"] == "kenning.history" and doc["version"] == 1
+    assert doc["format"] == "kenning.history" and doc["version"] == 2
     assert doc["workflow"] == "shop" and doc["input"] == {"args": ["pen", 3], "kwargs": {}}
     assert [s["name"] for s in doc["steps"]] == ["reserve", "charge", "shipped"]
     path = tmp_path / "history.json"
@@ -236,8 +236,8 @@ def test_documents_that_are_not_histories_are_refused(tmp_path: Path) -> None:
     assert replay(shop, doc).stopped_at == 0  # a run that never ran fits any start
     with pytest.raises(ConfigurationError, match="not a Kenning history"):
         replay(shop, [{"seq": 0}])  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="version 2 is not one this Kenning reads"):
-        replay(shop, {**doc, "version": 2})
+    with pytest.raises(ConfigurationError, match="version 3 is not one this Kenning reads"):
+        replay(shop, {**doc, "version": 3})
     with pytest.raises(ConfigurationError, match="missing 'steps'"):
         replay(shop, {k: v for k, v in doc.items() if k != "steps"})
     with pytest.raises(ConfigurationError, match="is of workflow 'shop', not 'declined'"):

@@ -78,12 +78,12 @@ class LeaseCommitter:
         known = [t for t in (self._claimed_until, renewed) if t is not None]
         return max(known) if known else None
 
-    async def write(self, make: Callable[[], Awaitable[T]], *, seq: int | None = None,
+    async def write(self, make: Callable[[], Awaitable[T]], *, seqs: Collection[int] = (),
                     on_recorded: Callable[[Step], T] | None = None,
                     settled: Collection[str] = ()) -> T:
         """Run ``make()`` until it commits, the lease is lost, or the lease runs out.
 
-        After an outage, a write whose step ``seq`` is found in the history, or whose
+        After an outage, a write one of whose steps ``seqs`` is found in the history, or whose
         ``LeaseLost`` shows the run in one of the ``settled`` statuses at this lease's epoch,
         had committed before: ``on_recorded(step)`` or ``None`` is returned for it."""
         run_id = self.lease.run_id
@@ -91,8 +91,8 @@ class LeaseCommitter:
         outage: StoreUnavailable | None = None
         while True:
             try:
-                if outage is not None and seq is not None:
-                    recorded = await self._recorded(seq)
+                if outage is not None and seqs:
+                    recorded = await self._recorded(seqs)
                     if recorded is not None:
                         _RETRYING.leave(run_id, committed=True)
                         return on_recorded(recorded) if on_recorded is not None else None  # type: ignore[return-value]
@@ -129,9 +129,9 @@ class LeaseCommitter:
         expires = self.lease_expires()
         return None if expires is None else expires - self.store.clock()
 
-    async def _recorded(self, seq: int) -> Step | None:
+    async def _recorded(self, seqs: Collection[int]) -> Step | None:
         history = await self.store.load_history(self.lease.run_id)
-        return next((step for step in history if step.seq == seq), None)
+        return next((step for step in history if step.seq in seqs), None)
 
     def _log_lost(self, exc: LeaseLost) -> None:
         if exc.status == "cancelled":

@@ -14,6 +14,7 @@ from kenning.core import codec
 from kenning.core.errors import ConfigurationError, InvalidInput, WorkflowNotFound
 
 if TYPE_CHECKING:
+    from kenning.core.children import ChildHandle
     from kenning.core.context import WorkflowContext
 
 P = ParamSpec("P")
@@ -210,6 +211,24 @@ class WorkflowDefinition(Generic[P, R]):
     async def start(self, app: Starter, *args: P.args, **kwargs: P.kwargs) -> str:
         """Start a run of this workflow on ``app``; returns the run id."""
         return await app.start(self, *args, **kwargs)
+
+    async def run_child(self, ctx: Any, *args: Any, run_id: str | None = None,
+                        **kwargs: Any) -> R:
+        """From a workflow: start a child run of this workflow and wait for its result.
+
+        The child's run id is ``<parent id>-<step>`` unless ``run_id`` is given (so a
+        workflow argument named ``run_id`` must be passed by position). A failed or
+        cancelled child raises ``ChildWorkflowError``."""
+        handle = await self.start_child(ctx, *args, run_id=run_id, **kwargs)
+        return await handle.result()
+
+    async def start_child(self, ctx: Any, *args: Any, run_id: str | None = None,
+                          **kwargs: Any) -> ChildHandle[R]:
+        """From a workflow: start a child run of this workflow; returns its handle
+        (``handle.run_id``, ``await handle.result()``) once the start is recorded."""
+        from kenning.core.children import start_child
+
+        return await start_child(ctx, self, args, kwargs, run_id)
 
     def __repr__(self) -> str:
         return f"<workflow {self.name}>"

@@ -79,6 +79,21 @@ class ActivityError(KenningError):
         self.attempts = attempts
 
 
+class ChildWorkflowError(KenningError):
+    """A child run ended without a result: it failed (``error`` says with what) or was
+    cancelled. Raised in the parent where it awaits the child."""
+
+    def __init__(self, run_id: str, workflow: str, status: str, error: str | None) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.status = status
+        self.error = error
+        what = f"failed: {error}" if status == "failed" else f"was {status}"
+        if status == "cancelled" and error:
+            what += f" ({error})"
+        super().__init__(f"child run {run_id} of workflow '{workflow}' {what}")
+
+
 class WorkerLost(KenningError):
     """The worker running a run was lost (killed, crashed or hung) during an activity
     attempt or outside any; the message says which and how often."""

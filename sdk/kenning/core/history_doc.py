@@ -18,10 +18,10 @@ from kenning.core.errors import ConfigurationError
 from kenning.core.models import Run, RunStatus, Step, StepKind, Wait, WaitKind
 
 HISTORY_FORMAT = "kenning.history"
-HISTORY_VERSION = 1
+HISTORY_VERSION = 2  # 2: step ordinals, first-of-several waits (a 1 reads as 2)
 
 _WAIT_FIELDS = ("seq", "kind", "wake_at", "event_type", "match", "lookback", "started_at",
-                "attempt", "last_error")
+                "attempt", "last_error", "other_types")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,9 @@ class RecordedHistory:
         waiting = run.status in (RunStatus.WAITING_FOR_EVENT, RunStatus.WAITING_FOR_TIMER)
         return cls(run_id=run.run_id, workflow=run.workflow, namespace=run.namespace,
                    input=run.input, status=run.status, created_at=run.created_at,
-                   steps=list(steps), waits=[run.wait] if waiting and run.wait else [],
+                   steps=list(steps),
+                   waits=(list(run.waits) or ([run.wait] if run.wait else [])) if waiting
+                   else [],
                    result=run.result, error=run.error)
 
     def as_run(self) -> Run:
@@ -53,7 +55,7 @@ class RecordedHistory:
         return Run(run_id=self.run_id, namespace=self.namespace, workflow=self.workflow,
                    input=self.input, status=self.status, created_at=self.created_at,
                    result=self.result, error=self.error,
-                   wait=self.waits[0] if self.waits else None)
+                   wait=self.waits[0] if self.waits else None, waits=tuple(self.waits))
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document (``format``, ``version``, run, input, waits, steps)."""
@@ -63,10 +65,8 @@ class RecordedHistory:
             "status": self.status.value, "created_at": self.created_at,
             "input": codec.loads(self.input),
             "result": codec.loads(self.result), "error": self.error,
-            "waits": [{name: getattr(w, name) for name in _WAIT_FIELDS} for w in self.waits],
-            "steps": [{"seq": s.seq, "kind": s.kind.value, "name": s.name,
-                       "value": codec.loads(s.value), "error": codec.loads(s.error),
-                       "recorded_at": s.recorded_at} for s in self.steps],
+            "waits": [_wait_json(w) for w in self.waits],
+            "steps": [_step_json(s) for s in self.steps],
         }
 
     @classmethod
@@ -96,15 +96,33 @@ class RecordedHistory:
             raise ConfigurationError(f"invalid Kenning history: {what}") from None
 
 
+def _step_json(step: Step) -> dict[str, Any]:
+    out = {"seq": step.seq, "kind": step.kind.value, "name": step.name,
+           "value": codec.loads(step.value), "error": codec.loads(step.error),
+           "recorded_at": step.recorded_at}
+    if step.ordinal is not None:
+        out["ordinal"] = step.ordinal
+    return out
+
+
 def _step(item: Mapping[str, Any]) -> Step:
-    value, error = item.get("value"), item.get("error")
+    value, error, ordinal = item.get("value"), item.get("error"), item.get("ordinal")
     return Step(seq=int(item["seq"]), kind=StepKind(item["kind"]), name=str(item["name"]),
                 value=None if value is None else codec.dumps(value),
                 recorded_at=float(item["recorded_at"]),
-                error=None if error is None else codec.dumps(error))
+                error=None if error is None else codec.dumps(error),
+                ordinal=None if ordinal is None else int(ordinal))
+
+
+def _wait_json(wait: Wait) -> dict[str, Any]:
+    out = {name: getattr(wait, name) for name in _WAIT_FIELDS}
+    out["other_types"] = list(wait.other_types)
+    return out
 
 
 def _wait(item: Mapping[str, Any]) -> Wait:
     values: dict[str, Any] = {name: item[name] for name in _WAIT_FIELDS[2:]
                               if item.get(name) is not None}
+    if "other_types" in values:
+        values["other_types"] = tuple(str(t) for t in values["other_types"])
     return Wait(seq=int(item["seq"]), kind=WaitKind(item["kind"]), **values)

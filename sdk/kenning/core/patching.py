@@ -30,8 +30,7 @@ def patched(ex: RunExecution, change_id: str) -> bool:
         return False  # recorded by code from before the change
     if any(other > seq for other in ex.history):
         return False
-    wait = ex.run.wait
-    if wait is not None and wait.seq == seq:
+    if ex.has_stored_wait(seq):
         return False  # suspended here by code from before the change
     ex.take_seq()
     # recorded at workflow time, so recording the marker does not move ctx.now()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,9 @@ from kenning.core.errors import ConfigurationError, EventTimeout, StepInActivity
 from kenning.core.events import ReceivedEvent, record_from_json, record_to_json
 from kenning.core.execution import RunExecution
 from kenning.core.matching import validate_match
+from kenning.core.slots import SlotState
 from kenning.core.models import (
+    EVENT_TYPES_SEPARATOR,
     TARGET_RUN_EXTENSION,
     CloudEventRecord,
     Step,
@@ -23,10 +26,9 @@ from kenning.core.models import (
     WaitKind,
 )
 
-SLEEP_STEP = "sleep"
 
-
-def _execution(ctx: WorkflowContext, what: str) -> RunExecution:
+def step_execution(ctx: WorkflowContext, what: str) -> RunExecution:
+    """The execution behind ``ctx``; misuse (no ctx, a step inside an activity) raises."""
     if not isinstance(ctx, WorkflowContext):
         raise ConfigurationError(f"{what} needs the workflow's ctx as its first argument")
     ex = ctx._execution
@@ -42,7 +44,7 @@ def _execution(ctx: WorkflowContext, what: str) -> RunExecution:
 
 async def wait_event(
     ctx: WorkflowContext,
-    type: str,
+    type: str | Sequence[str],
     *,
     timeout: timedelta | float | None = None,
     match: Mapping[str, Any] | None = None,
@@ -50,51 +52,51 @@ async def wait_event(
 ) -> ReceivedEvent:
     """Wait durably for a CloudEvent of ``type`` whose attributes satisfy ``match``.
 
-    The run holds no process while it waits. Raises ``EventTimeout`` when ``timeout``
-    (counted from workflow time, ``ctx.now()``, like ``sleep``) passes first. ``lookback``
-    lets the wait consume a kept event that arrived that long before it began. Events
-    addressed to this run (extension ``kenningrun``) are consumed whenever they arrived.
+    ``type`` may be a list of types: the first matching event of any of them is returned
+    (``event.type`` says which). The run holds no process while it waits. Raises
+    ``EventTimeout`` when ``timeout`` (counted from workflow time, ``ctx.now()``, like
+    ``sleep``) passes first. ``lookback`` lets the wait consume a kept event that arrived
+    that long before it began. Events addressed to this run (extension ``kenningrun``) are
+    consumed whenever they arrived.
     """
-    ex = _execution(ctx, "wait_event")
-    if not isinstance(type, str) or not type:
-        raise ConfigurationError("wait_event needs a non-empty event type")
-    seq = ex.take_seq(f"wait_event('{type}')")
-    step = ex.recorded(seq, (StepKind.EVENT, StepKind.TIMEOUT), type)
-    if step is None:
-        step = await _wait_live(ex, seq, type, timeout, match, lookback)
-    if step.kind is StepKind.TIMEOUT:
-        raise EventTimeout(f"run {ex.run.run_id}: no '{type}' event arrived before the timeout")
-    assert step.value is not None
-    return ReceivedEvent.from_record(record_from_json(step.value))
-
-
-async def _wait_live(
-    ex: RunExecution,
-    seq: int,
-    event_type: str,
-    timeout: timedelta | float | None,
-    match: Mapping[str, Any] | None,
-    lookback: timedelta | float | None,
-) -> Step:
-    now = ex.clock()
-    wait = ex.wait_at(seq, WaitKind.EVENT)
-    if wait is not None and wait.wake_at is not None and wait.wake_at <= now:
-        step = Step(seq, StepKind.TIMEOUT, event_type, None, now)
-        ex.buffer(step)
-        return step
-    if wait is None:
-        wait = Wait(
+    ex = step_execution(ctx, "wait_event")
+    types = _event_types(type)
+    name = EVENT_TYPES_SEPARATOR.join(types)
+    seq = ex.take_seq(f"wait_event('{name}')")
+    recorded = ex.recorded(seq, (StepKind.EVENT, StepKind.TIMEOUT), name)
+    wait = None
+    if recorded is None:
+        wait = ex.stored_wait(seq, WaitKind.EVENT) or Wait(
             seq=seq,
             kind=WaitKind.EVENT,
             # the deadline counts from workflow time, like sleep: replay-stable
             wake_at=(None if timeout is None
                      else ex.workflow_time + seconds_of(timeout, "wait_event timeout")),
-            event_type=event_type,
+            event_type=types[0],
+            other_types=types[1:],
             match=validate_match(match),
             lookback=None if lookback is None else seconds_of(lookback, "wait_event lookback"),
-            started_at=now,
+            started_at=ex.clock(),
         )
-    return await ex.begin_event_wait(wait)
+    _slot, future = ex.future_slot(seq, StepKind.EVENT, name, recorded, wait=wait)
+    step = await future
+    if step.kind is StepKind.TIMEOUT:
+        raise EventTimeout(f"run {ex.run.run_id}: no '{name}' event arrived before the timeout")
+    assert step.value is not None
+    return ReceivedEvent.from_record(record_from_json(step.value))
+
+
+def _event_types(value: str | Sequence[str]) -> tuple[str, ...]:
+    types = (value,) if isinstance(value, str) else tuple(value)
+    if not types or not all(isinstance(t, str) and t for t in types):
+        raise ConfigurationError("wait_event needs a non-empty event type or a list of them")
+    if any(EVENT_TYPES_SEPARATOR in t for t in types):
+        raise ConfigurationError(
+            f"wait_event: an event type may not contain '{EVENT_TYPES_SEPARATOR}' "
+            f"(it joins the types of a first-of-several wait): {types!r}")
+    if len(set(types)) != len(types):
+        raise ConfigurationError(f"wait_event: an event type is listed twice: {types!r}")
+    return types
 
 
 async def sleep(ctx: WorkflowContext, duration: timedelta | float) -> None:
@@ -102,37 +104,35 @@ async def sleep(ctx: WorkflowContext, duration: timedelta | float) -> None:
 
     The duration counts from workflow time, ``ctx.now()``: ``sleep(ctx, d)`` is
     ``sleep_until(ctx, ctx.now() + d)``. A run resumed late (its worker died) catches up
-    instead of sleeping the whole duration again.
+    instead of sleeping the whole duration again. Inside a workflow ``asyncio.sleep`` is
+    durable too (workflow code runs on a loop whose timers are steps).
     """
-    ex = _execution(ctx, "sleep")
+    ex = step_execution(ctx, "sleep")
     seconds = seconds_of(duration, "sleep duration")
-    await _sleep_to(ex, lambda now: now + seconds, "sleep")
+    await _sleep_to(ex, ex.workflow_time + seconds)
 
 
 async def sleep_until(ctx: WorkflowContext, when: datetime) -> None:
     """Sleep durably until ``when`` (a timezone-aware datetime; naive means UTC)."""
-    ex = _execution(ctx, "sleep_until")
+    ex = step_execution(ctx, "sleep_until")
     if not isinstance(when, datetime):
         raise ConfigurationError("sleep_until needs a datetime")
-    target = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-    await _sleep_to(ex, lambda _now: target, "sleep_until")
+    await _sleep_to(ex, (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
 
 
-async def _sleep_to(ex: RunExecution, due: Any, what: str) -> None:
-    seq = ex.take_seq(what)
-    if ex.recorded(seq, (StepKind.TIMER,), SLEEP_STEP) is not None:
-        return
-    now = ex.clock()
-    wait = ex.wait_at(seq, WaitKind.TIMER)
-    # durations count from workflow time (ctx.now(): the latest recorded step, or the run's
-    # creation), so the due time is the same on every replay and a run that queued before
-    # a worker took it does not sleep longer for it
-    wake_at = (wait.wake_at if wait is not None and wait.wake_at is not None
-               else due(ex.workflow_time))
-    if wake_at <= now:
-        ex.buffer(Step(seq, StepKind.TIMER, SLEEP_STEP, None, now))
-        return
-    await ex.suspend(Wait(seq=seq, kind=WaitKind.TIMER, wake_at=wake_at))
+async def _sleep_to(ex: RunExecution, due: float) -> None:
+    future: asyncio.Future[None] = ex.loop.create_future()
+    handle = ex.loop.call_at(due, _set_unless_done, future)
+    try:
+        await future
+    except asyncio.CancelledError:
+        handle.cancel()
+        raise
+
+
+def _set_unless_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def send_event(
@@ -151,16 +151,18 @@ async def send_event(
     ``to_run`` addresses it to one run (extension ``kenningrun``). Returns the event id,
     stable across replays.
     """
-    ex = _execution(ctx, "send_event")
+    ex = step_execution(ctx, "send_event")
     seq = ex.take_seq(f"send_event('{type}')")
-    step = ex.recorded(seq, (StepKind.SEND,), type)
-    if step is not None:
-        assert step.value is not None
-        return record_from_json(step.value).id
-    record = build_outgoing(ctx, type, data, source, subject, to_run, extensions)
-    step = Step(seq, StepKind.SEND, type, record_to_json(record), ex.clock())
-    await ex.commit(step, outbox=[record])
-    return record.id
+    recorded = ex.recorded(seq, (StepKind.SEND,), type)
+    slot, future = ex.future_slot(seq, StepKind.SEND, type, recorded,
+                                  state=SlotState.READY)
+    if recorded is None:
+        record = build_outgoing(ctx, type, data, source, subject, to_run, extensions)
+        ex.ready(slot, Step(seq, StepKind.SEND, type, record_to_json(record), ex.clock()),
+                 outbox=[record])
+    step = await future
+    assert step.value is not None
+    return record_from_json(step.value).id
 
 
 def build_outgoing(

@@ -23,12 +23,14 @@ from prometheus_client import CollectorRegistry, Counter
 
 from kenning.core.context import WorkflowContext
 from kenning.core.errors import WorkflowBlocked
+from kenning.core.activity_attempts import AttemptRunner
 from kenning.core.execution import RunExecution
 
 log = logging.getLogger(__name__)
 
-_CALL_ACTIVITY = RunExecution.call_activity.__code__
-_ENGINE_FRAMES = {RunExecution.execute.__code__, _CALL_ACTIVITY}
+# workflow code runs inside an activation, activity code inside an attempt's task
+_ACTIVATE = RunExecution._activate.__code__
+_ATTEMPT = AttemptRunner._run_attempt.__code__
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +113,12 @@ def _run_on_stack(frame: FrameType | None) -> tuple[RunExecution, str | None] | 
     context: WorkflowContext | None = None
     while frame is not None:
         local = frame.f_locals
-        execution = local.get("self")
-        if frame.f_code in _ENGINE_FRAMES and isinstance(execution, RunExecution):
+        owner = local.get("self")
+        if frame.f_code is _ACTIVATE and isinstance(owner, RunExecution):
+            return owner, None
+        if frame.f_code is _ATTEMPT and isinstance(owner, AttemptRunner):
             defn = local.get("defn")
-            if frame.f_code is _CALL_ACTIVITY and defn is not None:
-                activity = str(defn.name)
-            return execution, activity
+            return owner.execution, None if defn is None else str(defn.name)
         ctx = local.get("ctx")
         if context is None and isinstance(ctx, WorkflowContext):
             context = ctx

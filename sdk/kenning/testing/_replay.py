@@ -19,7 +19,7 @@ from typing import Any, cast
 from kenning.core.context import WorkflowContext
 from kenning.core.definitions import WorkflowDefinition
 from kenning.core.errors import ConfigurationError, NonDeterminismError
-from kenning.core.execution import RunExecution, Suspended
+from kenning.core.execution import RunExecution
 from kenning.core.history_doc import RecordedHistory
 from kenning.core.models import ClaimedRun, Lease, RunStatus, Step, StepKind, Wait, WaitKind
 from kenning.core.store import Store
@@ -43,12 +43,12 @@ class ReplayResult:
 
 
 class _ReplayExecution(RunExecution):
-    """A run execution whose only source of step values is the recorded history."""
+    """A run execution whose only source of step outcomes is the recorded history."""
 
     def __init__(self, definition: WorkflowDefinition[Any, Any], recorded: RecordedHistory):
         run = recorded.as_run()
         last = max((s.recorded_at for s in recorded.steps), default=run.created_at)
-        # no store: nothing can be written, every step is answered before a write
+        # no store: nothing can be written, every outcome comes from the history
         super().__init__(cast(Store, None), definition,
                          ClaimedRun(run, Lease(run.run_id, "replay", run.epoch),
                                     list(recorded.steps)),
@@ -57,14 +57,32 @@ class _ReplayExecution(RunExecution):
         self.stopped_at: int | None = None
 
     def recorded(self, seq: int, kinds: Sequence[StepKind], name: str) -> Step | None:
-        """The recorded step; past the history's end, stop the code if it fits there."""
+        """The recorded step; past the history's end, check the code fits there."""
         step = super().recorded(seq, kinds, name)
-        if step is not None:
-            return step
-        self._check_end_fits(seq, kinds, name)
-        self.stopped_at = seq
-        self._unwind(Suspended)
-        raise Suspended
+        if step is None:
+            self._check_end_fits(seq, kinds, name)
+            self.stopped_at = seq if self.stopped_at is None else min(self.stopped_at, seq)
+        return step
+
+    async def replay(self) -> Any:
+        """Drive the code through the history; its result, or ``_STOPPED`` where the history
+        ends and the code waits on steps it did not record."""
+        main = self.loop.create_task(self.run_code(WorkflowContext(self)))
+        try:
+            while True:
+                self._activate()
+                if self.fatal is not None:
+                    raise self.fatal
+                if self.continue_with is not None or main.done():
+                    break
+                if not self._replay:
+                    return _STOPPED
+                self._deliver_recorded()
+            if self.continue_with is not None:
+                return _STOPPED
+            return main.result()
+        finally:
+            self.loop.dispose()
 
     def _check_end_fits(self, seq: int, kinds: Sequence[StepKind], name: str) -> None:
         recorded = self.recorded_history
@@ -84,9 +102,12 @@ class _ReplayExecution(RunExecution):
         raise self.fatal
 
 
+_STOPPED = object()
+
+
 def _wait_fits(wait: Wait, kinds: Sequence[StepKind], name: str) -> bool:
     if wait.kind is WaitKind.EVENT:
-        return StepKind.EVENT in kinds and wait.event_type == name
+        return StepKind.EVENT in kinds and wait.step_name == name
     if wait.kind is WaitKind.TIMER:
         return StepKind.TIMER in kinds
     return StepKind.ACTIVITY in kinds  # a retry delay: the activity is called again there
@@ -94,7 +115,7 @@ def _wait_fits(wait: Wait, kinds: Sequence[StepKind], name: str) -> bool:
 
 def _describe(wait: Wait) -> str:
     if wait.kind is WaitKind.EVENT:
-        return f"event '{wait.event_type}'"
+        return f"event '{wait.step_name}'"
     return "a timer" if wait.kind is WaitKind.TIMER else "an activity retry"
 
 
@@ -128,20 +149,14 @@ async def replay_async(
     ex = _ReplayExecution(workflow, recorded)
     steps = len(recorded.steps)
     try:
-        value = await ex.run_code(WorkflowContext(ex))
-    except Suspended:
-        return ReplayResult(None, None, ex.stopped_at, steps)
+        value = await ex.replay()
     except Exception as exc:
         if ex.fatal is not None:
             raise ex.fatal from None
-        if ex.stopped_at is not None:  # the code swallowed the stop, then failed: it fits
-            return ReplayResult(None, None, ex.stopped_at, steps)
         if recorded.status is RunStatus.FAILED:
             return ReplayResult(None, exc, None, steps)
         raise
-    if ex.fatal is not None:
-        raise ex.fatal
-    if ex.stopped_at is not None:
+    if value is _STOPPED:
         return ReplayResult(None, None, ex.stopped_at, steps)
     return ReplayResult(value, None, None, steps)
 

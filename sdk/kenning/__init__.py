@@ -1,6 +1,8 @@
 """Kenning: durable async workflows for Python, native to Kubernetes, embedded on SQLite."""
 
+from kenning.core.children import ChildHandle
 from kenning.core.context import WorkflowContext
+from kenning.core.continuation import continue_as_new
 from kenning.core.definitions import (
     ActivityDefinition,
     RetryPolicy,
@@ -10,6 +12,7 @@ from kenning.core.definitions import (
 )
 from kenning.core.errors import (
     ActivityError,
+    ChildWorkflowError,
     ConfigurationError,
     EventDataError,
     EventTimeout,
@@ -42,6 +45,8 @@ __all__ = [
     "ActivityDefinition",
     "ActivityError",
     "App",
+    "ChildHandle",
+    "ChildWorkflowError",
     "Client",
     "ConfigurationError",
     "EventDataError",
@@ -71,6 +76,7 @@ __all__ = [
     "WorkflowNotFound",
     "__version__",
     "activity",
+    "continue_as_new",
     "decode_event_data",
     "send_event",
     "sleep",

@@ -200,8 +200,10 @@ def test_runs_show_a_waiting_and_a_failed_run(cli: Invoke, seeded: Seeded) -> No
 def test_runs_show_json_of_a_waiting_run(cli: Invoke, seeded: Seeded) -> None:
     doc = json.loads(cli("runs", "show", seeded.waiting, "-o", "json", "--database",
                          seeded.database).stdout)
-    assert doc["waiting_for"] == {"kind": "event", "event_type": "cli.seed.approved",
-                                  "match": {"data.order_id": "A1"}, "wake_at": None}
+    assert doc["waiting_for"] == [{"kind": "event", "seq": 0,
+                                   "event_type": "cli.seed.approved",
+                                   "event_types": ["cli.seed.approved"],
+                                   "match": {"data.order_id": "A1"}, "wake_at": None}]
 
 
 def test_runs_history(cli: Invoke, seeded: Seeded) -> None:

@@ -96,7 +96,7 @@ async def test_retries_with_backoff_are_durable_waits(make_app: AppFactory) -> N
             info = await app.get_run(run_id)
             if info.status is RunStatus.WAITING_FOR_TIMER:
                 seen_waiting = True
-                assert info.waiting_for is not None and info.waiting_for.kind == "retry"
+                assert info.waiting_for and info.waiting_for[0].kind == "retry"
             if info.status.finished:
                 break
             await asyncio.sleep(0.01)

@@ -44,9 +44,9 @@ async def test_match_routes_to_every_matching_run_only(make_app: AppFactory) -> 
         for run_id in (a1, a2, b):
             await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
         info = await app.get_run(b)
-        assert info.waiting_for is not None
-        assert info.waiting_for.event_type == "payment.completed"
-        assert info.waiting_for.match == {"data.order_id": "B"}
+        assert len(info.waiting_for) == 1
+        assert info.waiting_for[0].event_type == "payment.completed"
+        assert info.waiting_for[0].match == {"data.order_id": "B"}
 
         accepted = await app.publish("payment.completed", {"order_id": "A", "amount": 5},
                                      id="e1", source="/pay")
@@ -123,7 +123,7 @@ async def test_timeout_raises_event_timeout_and_late_events_are_ignored(
         run_id = await with_timeout.start(app)
         await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
         info = await app.get_run(run_id)
-        assert info.waiting_for is not None and info.waiting_for.wake_at is not None
+        assert info.waiting_for and info.waiting_for[0].wake_at is not None
         fake_clock.advance(61)
         app.worker._wakeup.set()  # type: ignore[union-attr]  # the fake clock moved, not time
         assert await app.result(run_id, timeout=5) == "timed out"

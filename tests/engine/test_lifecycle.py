@@ -55,7 +55,7 @@ async def test_cancel_a_waiting_run(make_app: AppFactory) -> None:
         run_id = await waits.start(app, "x")
         await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
         info = await app.cancel(run_id, "not needed")
-        assert info.status is RunStatus.CANCELLED and info.waiting_for is None
+        assert info.status is RunStatus.CANCELLED and info.waiting_for == ()
         with pytest.raises(RunCancelled, match="not needed"):
             await app.result(run_id, timeout=1)
         late = await app.publish("go", 1, to_run=run_id)
@@ -158,7 +158,7 @@ async def test_durable_sleep_on_a_fake_clock(make_app: AppFactory, fake_clock: A
         run_id = await naps.start(app)
         await wait_status(app, run_id, RunStatus.WAITING_FOR_TIMER)
         info = await app.get_run(run_id)
-        assert info.waiting_for is not None and info.waiting_for.kind == "timer"
+        assert info.waiting_for and info.waiting_for[0].kind == "timer"
         fake_clock.advance(59)
         await asyncio.sleep(0.2)
         assert (await app.get_run(run_id)).status is RunStatus.WAITING_FOR_TIMER
@@ -247,7 +247,7 @@ async def test_sleep_counts_from_workflow_time(make_app: AppFactory, fake_clock:
     async with make_app([naps], clock=fake_clock) as app:
         await wait_status(app, run_id, RunStatus.WAITING_FOR_TIMER)
         info = await app.get_run(run_id)
-        assert info.waiting_for is not None and info.waiting_for.wake_at is not None
-        assert info.waiting_for.wake_at.timestamp() == info.created_at.timestamp() + 60
+        assert info.waiting_for and info.waiting_for[0].wake_at is not None
+        assert info.waiting_for[0].wake_at.timestamp() == info.created_at.timestamp() + 60
         fake_clock.advance(30)
         assert await app.result(run_id, timeout=5) == "rested"

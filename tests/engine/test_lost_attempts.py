@@ -61,7 +61,7 @@ async def test_lost_attempt_counts_and_the_next_says_so(make_app: AppFactory,
     async with make_app([pays], clock=fake_clock) as app:
         await wait_status(app, run_id, RunStatus.WAITING_FOR_TIMER, timeout=10)
         info = await app.get_run(run_id)
-        assert info.waiting_for is not None and info.waiting_for.kind == "retry"
+        assert info.waiting_for and info.waiting_for[0].kind == "retry"
         assert SEEN == [], "the lost attempt is not run again at once: it failed"
         fake_clock.advance(1)
         app.worker._wakeup.set()  # type: ignore[union-attr]  # the fake clock moved, not time

@@ -171,7 +171,7 @@ async def test_a_value_returned_past_a_swallowed_wait_is_not_the_result(
         run_id = await swallows_wait.start(app)
         await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
         info = await app.get_run(run_id)
-        assert info.result is None and info.waiting_for is not None
+        assert info.result is None and info.waiting_for
         await app.publish("misuse.go", {"ok": True})
         assert await app.result(run_id, timeout=10) == {"ok": True}
 

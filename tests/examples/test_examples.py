@@ -52,7 +52,7 @@ async def test_fulfillment_follows_three_events(tmp_path: Path) -> None:
         for stage in ("order.packed", "order.picked_up", "order.delivered"):
             await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
             info = await app.get_run(run_id)
-            assert info.waiting_for is not None and info.waiting_for.event_type == stage
+            assert info.waiting_for and info.waiting_for[0].event_type == stage
             await app.publish(stage, {"order_id": "ORD-5"})
         result = await app.result(run_id, timeout=5)
         assert result["status"] == "delivered" and len(result["timeline"]) == 3

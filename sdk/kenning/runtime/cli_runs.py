@@ -6,6 +6,7 @@ import json
 import logging
 import uuid
 from typing import Any, TextIO
+from collections.abc import Sequence
 
 import click
 
@@ -271,13 +272,21 @@ def run_result(run_id: str, timeout: float | None, database: str) -> None:
 
 
 # -- formatting --------------------------------------------------------------------------
-def describe_wait(waiting: WaitingFor | None) -> str:
-    """``order.paid where data.id="A" (until ...)`` or ``timer at ...``; empty if none."""
-    if waiting is None:
+def describe_wait(waiting: Sequence[WaitingFor]) -> str:
+    """The first wait (``order.paid where data.id="A" (until ...)``, ``timer at ...``,
+    ``child run-1-0``) and how many more; empty if none."""
+    if not waiting:
         return ""
+    text = _describe_one(waiting[0])
+    return text if len(waiting) == 1 else f"{text} (+{len(waiting) - 1} more)"
+
+
+def _describe_one(waiting: WaitingFor) -> str:
+    if waiting.kind == "child":
+        return f"child {waiting.child_run_id}"
     if waiting.kind != "event":
         return f"{waiting.kind} at {iso(waiting.wake_at)}"
-    text = waiting.event_type or "an event"
+    text = " or ".join(waiting.event_types) or waiting.event_type or "an event"
     if waiting.match:
         text += " where " + ", ".join(f"{k}={to_json(v, indent=None)}"
                                       for k, v in waiting.match.items())
@@ -286,15 +295,23 @@ def describe_wait(waiting: WaitingFor | None) -> str:
     return text
 
 
+def _wait_json(waiting: WaitingFor) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": waiting.kind, "seq": waiting.seq,
+                           "wake_at": iso(waiting.wake_at)}
+    if waiting.kind == "event":
+        out.update(event_type=waiting.event_type, event_types=list(waiting.event_types),
+                   match=waiting.match)
+    if waiting.kind == "child":
+        out["child_run_id"] = waiting.child_run_id
+    return out
+
+
 def run_json(info: RunInfo) -> dict[str, Any]:
     """A run as a JSON object."""
-    waiting = info.waiting_for
     return {
         "run_id": info.run_id, "workflow": info.workflow, "namespace": info.namespace,
         "status": info.status.value,
-        "waiting_for": None if waiting is None else {
-            "kind": waiting.kind, "event_type": waiting.event_type, "match": waiting.match,
-            "wake_at": iso(waiting.wake_at)},
+        "waiting_for": [_wait_json(w) for w in info.waiting_for],
         "result": info.result, "error": info.error,
         "created_at": iso(info.created_at), "started_at": iso(info.started_at),
         "finished_at": iso(info.finished_at),

@@ -27,8 +27,10 @@ from kenning.core.models import (
     Notification,
     NotificationKind,
     Run,
+    CHILD_FINISHED_TYPE,
     RunStatus,
     Step,
+    Wait,
     WaitKind,
 )
 from kenning.core.store import Store
@@ -36,12 +38,30 @@ from kenning.core.store import Store
 
 @dataclass(frozen=True, slots=True)
 class WaitingFor:
-    """What a suspended run waits for: an event (type and match) or a wake time."""
+    """One thing a suspended run waits for: an event (``kind`` "event": its types and
+    match, and a deadline as ``wake_at``), a timer or a retry delay ("timer", "retry": the
+    wake time), or a child run's end ("child": ``child_run_id``). ``seq`` is the step the
+    wait fills."""
 
     kind: str
     event_type: str | None = None
     match: dict[str, Any] | None = None
     wake_at: datetime | None = None
+    event_types: tuple[str, ...] = ()
+    seq: int | None = None
+    child_run_id: str | None = None
+
+    @classmethod
+    def of(cls, wait: Wait) -> WaitingFor:
+        """The user's view of a stored wait."""
+        if wait.kind is WaitKind.EVENT and wait.event_type == CHILD_FINISHED_TYPE \
+                and wait.match and "subject" in wait.match:
+            return cls(kind="child", wake_at=_dt(wait.wake_at), seq=wait.seq,
+                       child_run_id=str(wait.match["subject"]))
+        if wait.kind is WaitKind.EVENT:
+            return cls(kind="event", event_type=wait.event_type, match=wait.match,
+                       wake_at=_dt(wait.wake_at), event_types=wait.event_types, seq=wait.seq)
+        return cls(kind=wait.kind.value, wake_at=_dt(wait.wake_at), seq=wait.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +74,8 @@ class RunInfo:
     status: RunStatus
     result: Any
     error: str | None
-    waiting_for: WaitingFor | None
+    # everything the run waits on while suspended, in step order (empty otherwise)
+    waiting_for: tuple[WaitingFor, ...]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -65,16 +86,10 @@ class RunInfo:
     @classmethod
     def from_run(cls, run: Run) -> RunInfo:
         """The user's view of a stored run."""
-        waiting = None
-        if run.wait is not None and run.status in (
-            RunStatus.WAITING_FOR_EVENT, RunStatus.WAITING_FOR_TIMER
-        ):
-            waiting = WaitingFor(
-                kind=run.wait.kind.value,
-                event_type=run.wait.event_type if run.wait.kind is WaitKind.EVENT else None,
-                match=run.wait.match,
-                wake_at=_dt(run.wait.wake_at),
-            )
+        waiting: tuple[WaitingFor, ...] = ()
+        if run.status in (RunStatus.WAITING_FOR_EVENT, RunStatus.WAITING_FOR_TIMER):
+            waits = run.waits or ((run.wait,) if run.wait is not None else ())
+            waiting = tuple(WaitingFor.of(w) for w in sorted(waits, key=lambda w: w.seq))
         return cls(
             run_id=run.run_id,
             workflow=run.workflow,

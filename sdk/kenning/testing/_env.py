@@ -141,9 +141,11 @@ class TestEnv(App):
             if run_id is not None:
                 info = await self.get_run(run_id)
                 state = f"; it is {info.status}"
-                if info.waiting_for is not None and info.waiting_for.event_type:
-                    state += (f", waiting for event '{info.waiting_for.event_type}' that "
-                              f"nobody sent")
+                events = [" or ".join(w.event_types) for w in info.waiting_for
+                          if w.kind == "event"]
+                if events:
+                    state += (f", waiting for event '{', '.join(events)}' that nobody "
+                              f"sent")
             raise TimeoutError(f"gave up waiting for {what} after {limit:g} s{state}") from None
 
     async def _idle(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -69,7 +70,7 @@ class Suspended(BaseException):
     """Unwinds a workflow whose run is now waiting; never seen by user code's handlers."""
 
 
-class ContinueAsNew(BaseException):  # noqa: N818 - a control-flow signal, like Suspended
+class ContinueAsNew(BaseException):
     """Ends the run's current history and starts its workflow afresh (``continue_as_new``)."""
 
 
@@ -394,11 +395,9 @@ class RunExecution:
     async def _cancel_children(self) -> None:
         ids, self._children_to_cancel = self._children_to_cancel, []
         for child_id in ids:
-            try:
+            with contextlib.suppress(RunNotFound):
                 await self.store.cancel_run(
                     child_id, f"its parent run {self.run.run_id} stopped waiting for it")
-            except RunNotFound:
-                pass
 
     # -- history ------------------------------------------------------------------------
     def _check_history_consumed(self) -> None:

@@ -15,7 +15,6 @@ from kenning.core.errors import ConfigurationError, EventTimeout, StepInActivity
 from kenning.core.events import ReceivedEvent, record_from_json, record_to_json
 from kenning.core.execution import RunExecution
 from kenning.core.matching import validate_match
-from kenning.core.slots import SlotState
 from kenning.core.models import (
     EVENT_TYPES_SEPARATOR,
     TARGET_RUN_EXTENSION,
@@ -25,6 +24,7 @@ from kenning.core.models import (
     Wait,
     WaitKind,
 )
+from kenning.core.slots import SlotState
 
 
 def step_execution(ctx: WorkflowContext, what: str) -> RunExecution:

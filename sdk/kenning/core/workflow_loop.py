@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Coroutine, Generator
@@ -84,10 +85,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
                 coro = task.get_coro()
                 task._log_destroy_pending = False  # type: ignore[attr-defined]
                 if isinstance(coro, Coroutine):
-                    try:
+                    # code that misbehaves while it is closed (awaits, raises) is dropped
+                    with contextlib.suppress(BaseException):
                         coro.close()
-                    except BaseException:  # code that misbehaves while it is closed
-                        pass
         self.tasks.clear()
         self._ready.clear()
         self._closed = True

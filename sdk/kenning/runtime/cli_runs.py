@@ -5,15 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any, TextIO
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, TextIO
 
 import click
 
 from kenning.core.definitions import encode_input, input_from_json
 from kenning.core.errors import ConfigurationError, RunNotFound
 from kenning.core.history_doc import RecordedHistory
-from kenning.core.models import UPGRADE_PINNED, UPGRADE_POLICIES, NewRun, RunStatus, Step
+from kenning.core.models import (
+    UPGRADE_PINNED,
+    UPGRADE_POLICIES,
+    Chapter,
+    NewRun,
+    RunStatus,
+    Step,
+)
 from kenning.runtime.cli_common import (
     EXIT_FAILED,
     EXIT_TIMEOUT,
@@ -212,22 +220,49 @@ def show_run(run_id: str, output: str, database: str) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the history document that kenning.testing.replay takes (same as "
                    "-o json): workflow, input, steps and waits.")
+@click.option("--all", "all_chapters", is_flag=True,
+              help="Also the closed chapters of a run that continued as new, oldest first "
+                   "(with --json: {\"chapters\": [document, ...]}, the current one last).")
 @database_option
-def run_history(run_id: str, output: str, as_json: bool, database: str) -> None:
+def run_history(run_id: str, output: str, as_json: bool, all_chapters: bool,
+                database: str) -> None:
     """Show the steps a run recorded: activities, events, timers, timeouts."""
-    async def go() -> RecordedHistory:
+    async def go() -> list[tuple[Chapter | None, RecordedHistory]]:
         async with open_client(database, "default") as client:
             steps = await client.history(run_id)
             run = await client.store.get_run(run_id)
             if run is None:
                 raise RunNotFound(f"no run with id '{run_id}'")
-            return RecordedHistory.of(run, steps)
+            found: list[tuple[Chapter | None, RecordedHistory]] = []
+            if all_chapters:
+                for chapter in await client.chapters(run_id):
+                    closed = replace(run, input=chapter.input, status=RunStatus.COMPLETED,
+                                     result=None, error=None, waits=(), wait=None)
+                    found.append((chapter, RecordedHistory.of(
+                        closed, await client.history(run_id, chapter=chapter.chapter))))
+            found.append((None, RecordedHistory.of(run, steps)))
+            return found
 
-    recorded = run_async(go())
-    steps = recorded.steps
+    chapters = run_async(go())
     if output == "json" or as_json:
-        click.echo(to_json(recorded.to_json()))
+        if all_chapters:
+            click.echo(to_json({"run_id": run_id,
+                                "chapters": [doc.to_json() for _, doc in chapters]}))
+        else:
+            click.echo(to_json(chapters[-1][1].to_json()))
         return
+    for chapter, recorded in chapters:
+        if all_chapters:
+            title = (f"chapter {chapter.chapter}: closed {iso(chapter.closed_at)}, "
+                     f"continued as new" if chapter is not None
+                     else f"chapter {len(chapters) - 1}: current")
+            click.echo(title)
+        _print_steps(run_id, recorded.steps)
+        if all_chapters and recorded is not chapters[-1][1]:
+            click.echo("")
+
+
+def _print_steps(run_id: str, steps: Sequence[Step]) -> None:
     if not steps:
         click.echo(f"run '{run_id}' has recorded no steps yet", err=True)
         return

@@ -20,14 +20,15 @@ from kenning.core.definitions import (
 )
 from kenning.core.errors import ConfigurationError, RunCancelled, RunFailed, RunNotFound
 from kenning.core.models import (
+    CHILD_FINISHED_TYPE,
     TARGET_RUN_EXTENSION,
     AcceptResult,
+    Chapter,
     CloudEventRecord,
     NewRun,
     Notification,
     NotificationKind,
     Run,
-    CHILD_FINISHED_TYPE,
     RunStatus,
     Step,
     Wait,
@@ -238,11 +239,18 @@ class Client:
                                           workflow=workflow, limit=limit)
         return [RunInfo.from_run(r) for r in runs]
 
-    async def history(self, run_id: str) -> list[Step]:
-        """The run's recorded steps."""
+    async def history(self, run_id: str, *, chapter: int | None = None) -> list[Step]:
+        """The run's recorded steps: its current history, or the closed ``chapter`` of a
+        run that continued as new."""
         if await self.store.get_run(run_id) is None:
             raise RunNotFound(f"no run with id '{run_id}'")
-        return await self.store.load_history(run_id)
+        return await self.store.load_history(run_id, chapter=chapter)
+
+    async def chapters(self, run_id: str) -> list[Chapter]:
+        """The closed chapters of a run that continued as new, oldest first."""
+        if await self.store.get_run(run_id) is None:
+            raise RunNotFound(f"no run with id '{run_id}'")
+        return await self.store.list_chapters(run_id)
 
     async def cancel(self, run_id: str, reason: str = "cancelled by request") -> RunInfo:
         """Cancel a run that has not finished (waiting or not)."""

@@ -21,9 +21,9 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, Counter
 
+from kenning.core.activity_attempts import AttemptRunner
 from kenning.core.context import WorkflowContext
 from kenning.core.errors import WorkflowBlocked
-from kenning.core.activity_attempts import AttemptRunner
 from kenning.core.execution import RunExecution
 
 log = logging.getLogger(__name__)

@@ -56,3 +56,34 @@ async def test_fulfillment_follows_three_events(tmp_path: Path) -> None:
             await app.publish(stage, {"order_id": "ORD-5"})
         result = await app.result(run_id, timeout=5)
         assert result["status"] == "delivered" and len(result["timeline"]) == 3
+
+
+async def test_batch_fan_out_gathers_its_children(tmp_path: Path) -> None:
+    from examples.batch_fan_out import batch_workflow, item_workflow
+
+    async with App(str(tmp_path / "k.db"), workflows=[batch_workflow, item_workflow],
+                   worker_options=FAST) as app:
+        run_id = await batch_workflow.start(app, ["A-1", "A-2", "BAD-3"])
+        result = await app.result(run_id, timeout=20)
+    assert result["done"] == {"A-1": "processed A-1", "A-2": "processed A-2"}
+    assert list(result["failed"]) == ["BAD-3"] and "refused" in result["failed"]["BAD-3"]
+    assert result["children"] == [f"{run_id}-{i}" for i in range(3)]
+
+
+async def test_approval_deadline_takes_whichever_comes_first(tmp_path: Path,
+                                                             fake_clock: Any) -> None:
+    from examples.approval_deadline import approval_workflow
+
+    async with App(str(tmp_path / "k.db"), workflows=[approval_workflow],
+                   clock=fake_clock, worker_options=FAST) as app:
+        approved = await approval_workflow.start(app, "EXP-1")
+        late = await approval_workflow.start(app, "EXP-2")
+        for run_id in (approved, late):
+            await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
+            assert len((await app.get_run(run_id)).waiting_for) == 2
+        await app.publish("approval.granted", {"request": "EXP-1", "by": "ana"})
+        assert await app.result(approved, timeout=10) == {
+            "request": "EXP-1", "status": "granted", "by": "ana"}
+        fake_clock.advance(86_400)
+        assert await app.result(late, timeout=10) == {
+            "request": "EXP-2", "status": "escalated", "detail": "EXP-2 escalated"}

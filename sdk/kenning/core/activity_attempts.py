@@ -61,7 +61,10 @@ class AttemptRunner:
 
     # -- the engine's side --------------------------------------------------------------
     async def launch_all(self) -> None:
-        """Start every attempt the code asked for, each recorded as started first."""
+        """Start every attempt the code asked for, each recorded as started first.
+
+        An attempt that is all the code waits on (the straight-line case) runs inline,
+        without a task of its own: nothing else can happen meanwhile."""
         ex = self.execution
         starting: list[Slot] = []
         for slot in sorted(ex.slots.values(), key=lambda s: s.seq):
@@ -79,7 +82,14 @@ class AttemptRunner:
             starting.append(slot)
         if not starting:
             return
-        await asyncio.gather(*(ex.attempts.started(s.seq, s.attempt) for s in starting))
+        for slot in starting:  # one write for all (most often none: recorded ahead)
+            await ex.attempts.started(slot.seq, slot.attempt)
+        alone = len(starting) == 1 and not self._tasks and not any(
+            s.state is not SlotState.RUNNING for s in ex.slots.values())
+        if alone:
+            await self._run_attempt(starting[0])
+            self._take_end(*self._ended.popleft())
+            return
         for slot in starting:
             if ex.slots.get(slot.seq) is slot:
                 slot.task = asyncio.get_running_loop().create_task(
@@ -90,7 +100,7 @@ class AttemptRunner:
         assert slot.call is not None
         defn = slot.call.definition
         actx = WorkflowContext(self.execution, activity_seq=slot.seq, attempt=slot.attempt)
-        current_activity.set(defn.name)  # this task's own context: steps here are misuse
+        inside = current_activity.set(defn.name)  # steps called from here on are misuse
         text: str | None = None
         error: Exception | None = None
         try:
@@ -104,6 +114,8 @@ class AttemptRunner:
                     raise TerminalError(str(exc)) from None
         except Exception as exc:
             error = exc
+        finally:
+            current_activity.reset(inside)
         self._ended.append((slot, slot.attempt, text, error))
         self._wake.set()
 
@@ -123,7 +135,7 @@ class AttemptRunner:
     def _take_end(self, slot: Slot, attempt: int, text: str | None,
                   error: Exception | None) -> None:
         ex = self.execution
-        if self._tasks.get(slot.seq) is slot.task:
+        if slot.task is not None and self._tasks.get(slot.seq) is slot.task:
             del self._tasks[slot.seq]
         if ex.slots.get(slot.seq) is not slot:
             return  # cancelled by the code meanwhile

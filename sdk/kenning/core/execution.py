@@ -34,6 +34,7 @@ from kenning.core.errors import (
     RunNotFound,
     StepInActivityError,
     WorkerLost,
+    WorkflowBlocked,
 )
 from kenning.core.models import (
     ClaimedRun,
@@ -330,8 +331,12 @@ class RunExecution:
         wake_at = stored.wake_at if stored is not None and stored.wake_at is not None \
             else handle.when()
         self._timer_seqs[handle] = seq
-        self.open_slot(seq, StepKind.TIMER, "sleep", recorded,
-                       deliver=lambda _step: self.loop.fire(handle),
+
+        def fire(_step: Step) -> None:
+            self._timer_seqs.pop(handle, None)
+            self.loop.fire(handle)
+
+        self.open_slot(seq, StepKind.TIMER, "sleep", recorded, deliver=fire,
                        wait=Wait(seq=seq, kind=WaitKind.TIMER, wake_at=wake_at))
 
     def cancel_timer(self, handle: asyncio.TimerHandle) -> None:
@@ -575,10 +580,10 @@ class RunExecution:
             self.slots.values(), key=lambda s: s.seq)]
         return f"waits on {', '.join(issued)}" if issued else "waits on no step"
 
-    def _blocked_error(self, why: str | None = None) -> NonDeterminismError:
+    def _blocked_error(self, why: str | None = None) -> WorkflowBlocked:
         why = why or ("the workflow waits on something that is not a step (an asyncio "
                       "primitive nothing will set, a task nothing will finish)")
-        return NonDeterminismError(
+        return WorkflowBlocked(
             f"run {self.run.run_id}: {why}; workflow code may only wait on steps — "
             f"activities, wait_event, sleep, child workflows — and on tasks and primitives of "
             f"its own that those resolve")

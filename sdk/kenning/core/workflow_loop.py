@@ -121,7 +121,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             self._ready.append(handle)
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
-        if not self._disposing:
+        if handle._scheduled and not self._disposing:  # type: ignore[attr-defined]
             self._sink.cancel_timer(handle)
 
     def time(self) -> float:

@@ -105,9 +105,9 @@ async def parent_of_waiters(ctx: WorkflowContext) -> None:
 async def test_cancelling_the_parent_cancels_its_children(make_app: AppFactory) -> None:
     async with make_app([parent_of_waiters, waiting_child]) as app:
         run_id = await app.start(parent_of_waiters)
+        await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)  # children exist then
         for child in (f"{run_id}-0", f"{run_id}-1"):
             await wait_status(app, child, RunStatus.WAITING_FOR_EVENT)
-        await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
         info = await app.get_run(run_id)
         assert [w.kind for w in info.waiting_for] == ["child", "child"]
         await app.cancel(run_id)

@@ -73,11 +73,12 @@ async def test_a_timer_beats_an_event_that_never_comes(make_app: AppFactory,
     caplog.set_level(logging.ERROR)
     async with make_app([race_timer_and_event]) as app:
         run_id = await app.start(race_timer_and_event)
-        waiting = await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
+        await wait_status(app, run_id, RunStatus.WAITING_FOR_EVENT)
         run = await app.store.get_run(run_id)
         assert run is not None
         assert sorted(w.kind for w in run.waits) == [WaitKind.EVENT, WaitKind.TIMER]
-        assert waiting.status is RunStatus.WAITING_FOR_EVENT
+        info = await app.get_run(run_id)
+        assert [w.kind for w in info.waiting_for] == ["timer", "event"]
         assert await app.result(run_id, timeout=10) == "timer"
         history = await app.history(run_id)
     kinds = {s.seq: s.kind for s in history}

@@ -294,7 +294,8 @@ class RunExecution:
         seqs = [w.seq for w in waits if w.kind is WaitKind.EVENT]
         ordinal = self._next_ordinal
         result: EventWaitResult | None = await self._write(
-            lambda: _begin_waits_shim(self.store, self.lease, waits, steps, ordinal, suspend),
+            lambda: self.store.begin_waits(self.lease, waits, steps, next_ordinal=ordinal,
+                                           suspend=suspend),
             seqs=seqs, on_recorded=EventWaitResult, settled=_WAITING if suspend else ())
         if result is not None and result.consumed is not None:
             step = result.consumed
@@ -470,7 +471,7 @@ class RunExecution:
         attempts = self.attempts.ahead(self._next_seq)
         await self._write(lambda: self.store.append_steps(self.lease, steps, outbox,
                                                           attempts=attempts,
-                                                          **({"children": children} if children else {})),
+                                                          children=children),
                           seqs=(step.seq,))
         self.attempts.committed(attempts)
         self.history[step.seq] = step
@@ -595,18 +596,3 @@ def _swallowed_by(task: asyncio.Task[Any], kind: type[BaseException]) -> bool:
         return False
     return not isinstance(task.exception(), kind)
 
-
-async def _begin_waits_shim(store: Any, lease: Any, waits: list[Wait], steps: list[Step],
-                            ordinal: int, suspend: bool) -> EventWaitResult:  # DEV ONLY
-    if hasattr(store, "begin_waits"):
-        return await store.begin_waits(lease, waits, steps, next_ordinal=ordinal,  # type: ignore[no-any-return]
-                                       suspend=suspend)
-    if not suspend:
-        if steps:
-            await store.append_steps(lease, steps)
-        return EventWaitResult(None)
-    wait = waits[0]
-    if wait.kind is WaitKind.EVENT:
-        return await store.begin_event_wait(lease, wait, steps)  # type: ignore[no-any-return]
-    await store.suspend(lease, wait, steps)
-    return EventWaitResult(None)

@@ -14,7 +14,16 @@ from typing import Any, Final, cast
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from kenning.core.errors import LeaseLost
-from kenning.core.models import CloudEventRecord, Lease, RunStatus, Step, StepKind, Wait, WaitKind
+from kenning.core.models import (
+    CloudEventRecord,
+    Lease,
+    NewRun,
+    RunStatus,
+    Step,
+    StepKind,
+    Wait,
+    WaitKind,
+)
 from kenning.core.store import EventWaitResult, Store
 
 _COMMIT_BUCKETS: Final = (
@@ -113,22 +122,28 @@ class MeteredStore:
 
     async def append_steps(self, lease: Lease, steps: Sequence[Step],
                            outbox: Sequence[CloudEventRecord] = (), *,
-                           attempts: Mapping[int, int] | None = None) -> None:
+                           attempts: Mapping[int, int] | None = None,
+                           children: Sequence[NewRun] = ()) -> None:
         """Counted ``Store.append_steps``."""
-        await self._timed(self._store.append_steps(lease, steps, outbox, attempts=attempts),
-                          steps)
+        await self._timed(self._store.append_steps(lease, steps, outbox, attempts=attempts,
+                                                   children=children), steps)
 
-    async def begin_event_wait(self, lease: Lease, wait: Wait,
-                               steps: Sequence[Step] = ()) -> EventWaitResult:
-        """Counted ``Store.begin_event_wait``."""
+    async def begin_waits(self, lease: Lease, waits: Sequence[Wait],
+                          steps: Sequence[Step] = (), *, next_ordinal: int,
+                          suspend: bool = True) -> EventWaitResult:
+        """Counted ``Store.begin_waits``."""
         result: EventWaitResult = await self._timed(
-            self._store.begin_event_wait(lease, wait, steps), steps)
+            self._store.begin_waits(lease, waits, steps, next_ordinal=next_ordinal,
+                                    suspend=suspend), steps)
+        if suspend and result.consumed is None:
+            for wait in waits:
+                self._metrics.count_wait(wait)
         return result
 
-    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
-        """Counted ``Store.suspend``."""
-        await self._timed(self._store.suspend(lease, wait, steps), steps)
-        self._metrics.count_wait(wait)
+    async def continue_run(self, lease: Lease, input: str, steps: Sequence[Step] = ()) -> int:
+        """Counted ``Store.continue_run``."""
+        chapter: int = await self._timed(self._store.continue_run(lease, input, steps), steps)
+        return chapter
 
     async def finish_run(self, lease: Lease, status: RunStatus, *, result: str | None = None,
                          error: str | None = None, steps: Sequence[Step] = ()) -> None:

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kenning import App, WorkflowContext, activity, continue_as_new, workflow
 from kenning.core.definitions import decode_input
 from kenning.core.models import RunStatus
+from kenning.runtime.worker import WorkerOptions
 from kenning.stores import open_store
 
 from .conftest import BackgroundApp, Invoke, Seeded
@@ -312,3 +314,40 @@ def test_help_documents_the_exit_codes(cli: Invoke) -> None:
         assert cli(command, "--help").exit_code == 0
     for sub in ("list", "show", "history", "cancel", "result"):
         assert cli("runs", sub, "--help").exit_code == 0
+
+
+@workflow(name="cli_loop")
+async def cli_loop(ctx: WorkflowContext, n: int) -> int:
+    await cli_loop_tick(ctx, n)
+    if n < 2:
+        continue_as_new(ctx, n + 1)
+    return n
+
+
+@activity(name="cli_loop_tick")
+async def cli_loop_tick(ctx: WorkflowContext, n: int) -> int:
+    return n
+
+
+def test_runs_history_all_shows_closed_chapters(cli: Invoke, db_path: str) -> None:
+    async def record() -> str:
+        async with App(db_path, "loop-worker", workflows=[cli_loop],
+                       worker_options=WorkerOptions(poll_interval=0.05)) as app:
+            run_id = await app.start(cli_loop, 0, run_id="looped")
+            assert await app.result(run_id, timeout=15) == 2
+            return run_id
+
+    run_id = asyncio.run(record())
+    text = cli("runs", "history", run_id, "--all", "--database", db_path)
+    assert text.exit_code == 0, text.output
+    titles = [line for line in text.stdout.splitlines() if line.startswith("chapter ")]
+    assert [t.split(":")[0] for t in titles] == ["chapter 0", "chapter 1", "chapter 2"]
+    assert "continued as new" in titles[0] and titles[2].endswith("current")
+    doc = json.loads(cli("runs", "history", run_id, "--all", "--json", "--database",
+                         db_path).stdout)
+    chapters = doc["chapters"]
+    assert [c["input"]["args"] for c in chapters] == [[0], [1], [2]]
+    assert [c["steps"][0]["value"] for c in chapters] == [0, 1, 2]
+    only_current = json.loads(cli("runs", "history", run_id, "--json", "--database",
+                                  db_path).stdout)
+    assert only_current == chapters[-1]

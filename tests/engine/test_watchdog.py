@@ -119,3 +119,16 @@ async def test_the_watchdog_can_be_switched_off(make_app: AppFactory) -> None:
 async def noop_wf(ctx: WorkflowContext) -> str:
     """One step."""
     return await noop(ctx)
+
+
+async def test_blocks_are_counted_on_the_workers_metrics(make_app: AppFactory) -> None:
+    import aiohttp
+
+    async with make_app([blocks], worker_options=WATCHED, probe_port=0,
+                        probe_host="127.0.0.1") as app:
+        assert await app.result(await blocks.start(app), timeout=10) == "ok"
+        assert app.probe_address is not None
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{app.probe_address[1]}/metrics") as response:
+            text = await response.text()
+    assert "kenning_worker_loop_blocked_total 1.0" in text

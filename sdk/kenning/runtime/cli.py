@@ -145,6 +145,12 @@ def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str
               show_envvar=True, show_default=True,
               help="Recovery attempts for a run whose worker keeps getting lost while "
                    "running it (a crash or hang in its code) before the run is failed.")
+@click.option("--deadlock-threshold", type=click.FloatRange(min=0),
+              default=WorkerOptions.deadlock_threshold, envvar=config.ENV_DEADLOCK_THRESHOLD,
+              show_envvar=True, show_default=True,
+              help="Seconds workflow or activity code may block the event loop before it is "
+                   "reported with its stack (and counted in kenning_worker_loop_blocked_total); "
+                   "0 turns the detector off.")
 @click.option("--event-target", envvar=list(config.ENV_EVENT_TARGET), default=None,
               show_envvar=True,
               help="URL that events sent by workflows are POSTed to (a Knative broker). "
@@ -157,8 +163,8 @@ def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str
               show_default=True, show_envvar=True, help="Interface of the probe server.")
 @worker_bounds_options
 def worker(module_or_file: str, database: str, worker_id: str | None, max_runs: int,
-           max_recoveries: int, event_target: str | None, probe_port: int | None,
-           probe_host: str, bounds: WorkerBounds) -> None:
+           max_recoveries: int, deadlock_threshold: float, event_target: str | None,
+           probe_port: int | None, probe_host: str, bounds: WorkerBounds) -> None:
     """Run a worker (and the outbox dispatcher) for a module's workflows; no sink.
 
     It executes only the runs of its namespaces, of its pool (or naming none) and of its
@@ -168,7 +174,8 @@ def worker(module_or_file: str, database: str, worker_id: str | None, max_runs: 
     """
     workflows = select_workflows(load_workflows(module_or_file), bounds.workflows,
                                  source=f"module {module_or_file}")
-    options = WorkerOptions(max_runs=max_runs, max_recoveries=max_recoveries)
+    options = WorkerOptions(max_runs=max_runs, max_recoveries=max_recoveries,
+                            deadlock_threshold=deadlock_threshold or None)
 
     async def go() -> None:
         # "" keeps App from falling back to $K_SINK when neither variable named it.

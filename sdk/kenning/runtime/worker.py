@@ -83,7 +83,8 @@ class Worker:
         self._renewed_until: float | None = None  # store time the last renewal granted
         threshold = self.options.deadlock_threshold
         self.watchdog = None if threshold is None else LoopWatchdog(
-            threshold, fail_runs=self.options.fail_deadlocked_runs)
+            threshold, fail_runs=self.options.fail_deadlocked_runs,
+            registry=None if metrics is None else metrics.registry)
         self._loops: list[asyncio.Task[None]] = []
         # runs this worker dropped on a store error, still leased to it: taken back as soon
         # as the store answers, rather than after their lease expires

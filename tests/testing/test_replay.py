@@ -244,3 +244,48 @@ def test_documents_that_are_not_histories_are_refused(tmp_path: Path) -> None:
         replay(declined, doc)
     with pytest.raises(ConfigurationError, match="cannot read history file"):
         replay(shop, tmp_path / "missing.json")
+
+
+@activity(name="replay_part")
+async def part(ctx: WorkflowContext, name: str, delay: float) -> str:
+    await asyncio.sleep(delay)
+    return name
+
+
+async def _two_branches(ctx: WorkflowContext, swap: bool) -> list[str]:
+    async def branch(name: str, delay: float) -> str:
+        first = await part(ctx, f"{name}1", delay)
+        return first + await part(ctx, f"{name}2", 0)
+
+    a, b = branch("a", 0.2), branch("b", 0)
+    return list(await asyncio.gather(*((b, a) if swap else (a, b))))
+
+
+@workflow(name="replay_concurrent")
+async def concurrent(ctx: WorkflowContext) -> list[str]:
+    """Two branches whose steps complete out of issue order, then a race."""
+    out = await _two_branches(ctx, swap=False)
+    timer = asyncio.ensure_future(sleep(ctx, 0.05))
+    event = asyncio.ensure_future(wait_event(ctx, "never"))
+    await asyncio.wait([timer, event], return_when=asyncio.FIRST_COMPLETED)
+    event.cancel()
+    return out
+
+
+async def test_a_concurrent_history_replays_and_changed_code_does_not(
+        tmp_path: Path) -> None:
+    async with TestEnv([concurrent]) as env:
+        run_id = await env.start(concurrent)
+        assert await env.result(run_id) == ["a1a2", "b1b2"]
+        doc = RecordedHistory.of((await env.store.get_run(run_id)),  # type: ignore[arg-type]
+                                 await env.history(run_id)).to_json()
+    assert any("ordinal" in s for s in doc["steps"])
+    assert (await asyncio.to_thread(replay, concurrent, doc)).result == ["a1a2", "b1b2"]
+
+    @workflow(name="replay_concurrent")
+    async def swapped(ctx: WorkflowContext) -> list[str]:
+        await sleep(ctx, 0.05)  # a timer where the history has an activity
+        return await _two_branches(ctx, swap=False)
+
+    with pytest.raises(NonDeterminismError, match="step"):
+        await asyncio.to_thread(replay, swapped, doc)

@@ -6,14 +6,15 @@ import kenning
 import kenning.testing
 
 EXPECTED = [
-    "ActivityDefinition", "ActivityError", "App", "Client", "ConfigurationError",
+    "ActivityDefinition", "ActivityError", "App", "ChildHandle", "ChildWorkflowError", "Client",
+    "ConfigurationError",
     "EventDataError", "EventTimeout", "InvalidEvent", "InvalidInput", "KenningError",
     "LeaseLost", "LoopFailed", "NonDeterminismError", "ReceivedEvent", "RetryPolicy",
     "RunCancelled",
     "RunFailed", "RunInfo", "RunNotFound", "RunStatus", "SchemaTooNew", "StepInActivityError",
     "StoreOverloaded", "StoreUnavailable", "TerminalError", "WaitingFor", "WorkflowBlocked",
     "WorkflowContext", "WorkflowDefinition", "WorkflowNotFound",
-    "__version__", "activity", "decode_event_data", "send_event", "sleep", "sleep_until",
+    "__version__", "activity", "continue_as_new", "decode_event_data", "send_event", "sleep", "sleep_until",
     "wait_event", "workflow",
 ]
 

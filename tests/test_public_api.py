@@ -14,8 +14,8 @@ EXPECTED = [
     "RunFailed", "RunInfo", "RunNotFound", "RunStatus", "SchemaTooNew", "StepInActivityError",
     "StoreOverloaded", "StoreUnavailable", "TerminalError", "WaitingFor", "WorkflowBlocked",
     "WorkflowContext", "WorkflowDefinition", "WorkflowNotFound",
-    "__version__", "activity", "continue_as_new", "decode_event_data", "send_event", "sleep", "sleep_until",
-    "wait_event", "workflow",
+    "__version__", "activity", "continue_as_new", "decode_event_data", "send_event", "sleep",
+    "sleep_until", "wait_event", "workflow",
 ]
 
 

@@ -37,6 +37,7 @@ class AttemptRunner:
         self.execution = execution
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._ended: collections.deque[_Ended] = collections.deque()
+        self._to_launch: list[Slot] = []  # slots whose next attempt is to start
         self._wake = asyncio.Event()
 
     @property
@@ -57,6 +58,8 @@ class AttemptRunner:
             state=SlotState.LAUNCH if retry is None else SlotState.WAITING)
         slot.call = ActivityCall(defn, args, kwargs)
         slot.attempt = retry.attempt if retry is not None else 0
+        if slot.state is SlotState.LAUNCH:
+            self._to_launch.append(slot)
         return outcome_of(defn, await future)
 
     # -- the engine's side --------------------------------------------------------------
@@ -65,10 +68,13 @@ class AttemptRunner:
 
         An attempt that is all the code waits on (the straight-line case) runs inline,
         without a task of its own: nothing else can happen meanwhile."""
+        if not self._to_launch:
+            return
         ex = self.execution
         starting: list[Slot] = []
-        for slot in sorted(ex.slots.values(), key=lambda s: s.seq):
-            if slot.state is not SlotState.LAUNCH:
+        launching, self._to_launch = sorted(self._to_launch, key=lambda s: s.seq), []
+        for slot in launching:
+            if slot.state is not SlotState.LAUNCH or ex.slots.get(slot.seq) is not slot:
                 continue
             assert slot.call is not None
             lost = ex.attempts.lost_attempt(slot.seq, slot.attempt)
@@ -174,6 +180,7 @@ class AttemptRunner:
     def retry_due(self, slot: Slot) -> None:
         """The retry delay of ``slot`` ran out: its next attempt starts."""
         slot.state, slot.wait = SlotState.LAUNCH, None
+        self._to_launch.append(slot)
 
     def cancel(self, slot: Slot) -> None:
         """The code cancelled the activity's step: its running attempt is cancelled."""

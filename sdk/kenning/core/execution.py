@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import enum
 import logging
 import traceback
@@ -225,8 +224,10 @@ class RunExecution:
         if not self._ready:
             return False
         slot = self._ready.popleft()
-        assert slot.outcome is not None
-        step = dataclasses.replace(slot.outcome, ordinal=self._next_ordinal)
+        out = slot.outcome
+        assert out is not None
+        step = Step(out.seq, out.kind, out.name, out.value, out.recorded_at, out.error,
+                    self._next_ordinal)
         if step.kind in (StepKind.TIMER, StepKind.TIMEOUT):
             self.buffer(step)  # no side effect: committed with the next write
         else:

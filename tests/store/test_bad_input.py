@@ -11,7 +11,7 @@ from kenning import App, Client, InvalidEvent, InvalidInput, StoreOverloaded, St
 from kenning.core import validation
 from kenning.core.models import NewRun
 from kenning.core.store import Store
-from kenning.stores import postgres, sqlite
+from kenning.stores import postgres_runs, sqlite_runs
 from tests.store.conftest import NS, StoreFactory, event, new_run
 
 BAD_IDS = {
@@ -78,7 +78,7 @@ async def test_a_member_failing_in_the_database_fails_alone(
 ) -> None:
     # bypass validation: the writes reach the batch, where the database refuses them
     # (a NOTIFY payload too long, a NUL byte, a lone surrogate)
-    module = postgres if backend == "postgres" else sqlite
+    module = postgres_runs if backend == "postgres" else sqlite_runs
     monkeypatch.setattr(module, "validate_new_run", lambda new: new)
     bad = ["y" * 9000, "nul\x00id", "surrogate-\udc80"]
     for _round in range(3):  # several rounds: bad ones share batches with good ones

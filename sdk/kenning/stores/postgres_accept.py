@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kenning.core.events import record_to_json
-from kenning.core.matching import event_matches
 from kenning.core.models import (
     AcceptOutcome,
     AcceptResult,
@@ -30,7 +29,7 @@ from kenning.core.models import (
 )
 from kenning.stores import postgres_sql as sql
 from kenning.stores.postgres_match import find_candidates
-from kenning.stores.rows import waits_from_row
+from kenning.stores.rows import wait_taking, waits_from_row
 
 Payload = tuple[str, list[CloudEventRecord]]  # (namespace, events) of one call
 _WAITING = RunStatus.WAITING_FOR_EVENT.value
@@ -141,8 +140,7 @@ def _match(items: list[_Incoming], candidates: list[Any]) -> list[_Resume]:
             row, waits = by_id[run_id]
             if run_id in taken or row["namespace"] != item.namespace:
                 continue
-            wait = next((w for w in waits
-                         if ev.type in w.event_types and event_matches(ev, w.match)), None)
+            wait = wait_taking(waits, ev)
             if wait is None:
                 continue
             taken.add(run_id)

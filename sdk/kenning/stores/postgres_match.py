@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kenning.core.matching import event_keys, wait_keys
-from kenning.core.models import CloudEventRecord, Wait, WaitKind
+from kenning.core.matching import event_keys
+from kenning.core.models import CloudEventRecord, Wait
 from kenning.stores.postgres_sql import WAIT_COLUMNS, set_wait
+from kenning.stores.rows import wait_key_rows
 
 _KEYS = 2 + len(WAIT_COLUMNS)  # $n types, $n+1 paths, $n+2 values, $n+3 seqs, $n+4 counts
 
@@ -63,17 +64,8 @@ CANDIDATES = (
 def wait_key_params(waits: Sequence[Wait]) -> list[list[Any]]:
     """The index rows of the event waits of ``waits``, for ``WAIT_FOR_EVENT`` after the wait
     columns: types, paths, values, seqs and key counts."""
-    columns: list[list[Any]] = [[], [], [], [], []]
-    for wait in waits:
-        if wait.kind is not WaitKind.EVENT:
-            continue
-        keys = wait_keys(wait.match)
-        for event_type in dict.fromkeys(wait.event_types):
-            for path, value in keys:
-                for column, item in zip(columns, (event_type, path, value, wait.seq, len(keys)),
-                                        strict=True):
-                    column.append(item)
-    return columns
+    rows = wait_key_rows(waits)
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(5)]
 
 
 Broadcast = tuple[str, CloudEventRecord]  # (namespace, event) not addressed to a run

@@ -9,10 +9,10 @@ closed chapters of any run (continue-as-new) go after the same period.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from kenning.stores.postgres_base import PostgresBase
+from kenning.stores.rows import retention_cutoff
 
 FINISHED = "status IN ('completed', 'failed', 'cancelled')"
 
@@ -71,10 +71,7 @@ async def purge_batch(conn: Any, now: float, default_retention: float, before: f
                 for row in await conn.fetch(RETENTIONS)}
 
     def cutoff(space: str) -> float | None:
-        if before is not None:
-            return before
-        keep = settings.get(space, default_retention)
-        return None if keep <= 0 else now - keep  # 0 keeps finished runs forever
+        return retention_cutoff(settings, space, default_retention, before, now)
 
     purged = 0
     spaces = [namespace] if namespace is not None else [
@@ -99,16 +96,8 @@ async def purge_batch(conn: Any, now: float, default_retention: float, before: f
     return purged
 
 
-class PostgresRetention:
+class PostgresRetention(PostgresBase):
     """The retention methods of ``PostgresStore``."""
-
-    finished_retention_default: float
-
-    async def _read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        raise NotImplementedError
-
-    def _now(self) -> float:
-        raise NotImplementedError
 
     async def purge_finished(self, *, before: float | None = None,
                              namespace: str | None = None, limit: int = 500) -> int:

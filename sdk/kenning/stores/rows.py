@@ -11,6 +11,7 @@ from typing import Any
 
 from kenning.core.errors import LeaseLost
 from kenning.core.events import record_from_json
+from kenning.core.matching import event_matches, wait_keys
 from kenning.core.models import (
     CHILD_FINISHED_TYPE,
     TARGET_RUN_EXTENSION,
@@ -186,6 +187,40 @@ def wait_columns(waits: Sequence[Wait], ordinal: int | None = None) -> dict[str,
         "waits": json.dumps([_wait_to_dict(w) for w in ordered]) if several else None,
         "wait_ordinal": ordinal,
     }
+
+
+def wait_taking(waits: Sequence[Wait], event: CloudEventRecord) -> Wait | None:
+    """The first event wait of ``waits`` (in their order) that takes ``event``: one of its
+    types, and its ``match`` holds."""
+    return next((w for w in waits if w.kind is WaitKind.EVENT and event.type in w.event_types
+                 and event_matches(event, w.match)), None)
+
+
+WaitKeyRow = tuple[str, str, str, int, int]  # (event type, path, value, seq, keys of the wait)
+
+
+def wait_key_rows(waits: Sequence[Wait]) -> list[WaitKeyRow]:
+    """The ``wait_keys`` rows of the event waits of ``waits`` (without namespace and run):
+    one per ``match`` key (the empty path for no match) for each of a wait's types."""
+    rows: list[WaitKeyRow] = []
+    for wait in waits:
+        if wait.kind is not WaitKind.EVENT:
+            continue
+        keys = wait_keys(wait.match)
+        for event_type in dict.fromkeys(wait.event_types):
+            rows += [(event_type, path, value, wait.seq, len(keys)) for path, value in keys]
+    return rows
+
+
+def retention_cutoff(settings: Mapping[str, float], namespace: str, default: float,
+                     before: float | None, now: float) -> float | None:
+    """The time before which the namespace's finished runs are purged: ``before`` when
+    given, else ``now`` less its retention (``settings``, or ``default``); ``None`` when it
+    keeps them forever (a retention of 0)."""
+    if before is not None:
+        return before
+    keep = float(settings.get(namespace, default))
+    return None if keep <= 0 else now - keep
 
 
 def earliest_wake(waits: Sequence[Wait]) -> float | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kenning.core.models import RunCount
+from kenning.core.models import BuildCount, RunCount
 
 _ACTIVE = (
     "SELECT namespace, workflow, pool, count(*) AS n FROM ("
@@ -38,3 +38,9 @@ def run_counts(rows: Iterable[Mapping[str, Any]]) -> list[RunCount]:
     """``RunCount`` rows of a grouped count."""
     return [RunCount(namespace=r["namespace"], workflow=r["workflow"], pool=r["pool"],
                      count=int(r["n"])) for r in rows]
+
+
+def build_counts(rows: Iterable[Mapping[str, Any]]) -> list[BuildCount]:
+    """``BuildCount`` rows of the count of unfinished runs by build."""
+    return [BuildCount(r["namespace"], r["pool"], r["workflow"], r["build_id"], r["upgrade"],
+                       int(r["unfinished"]), int(r["runnable"] or 0)) for r in rows]

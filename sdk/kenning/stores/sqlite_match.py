@@ -13,29 +13,23 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from kenning.core.matching import event_keys, wait_keys
-from kenning.core.models import CloudEventRecord, Wait, WaitKind
+from kenning.core.matching import event_keys
+from kenning.core.models import CloudEventRecord, Wait
+from kenning.stores.rows import wait_key_rows
 
 
 def index_waits(conn: sqlite3.Connection, namespace: str, run_id: str,
                 waits: Sequence[Wait]) -> None:
     """Write the keys of the event waits ``waits`` for the run that just began them."""
-    paths: set[tuple[str, str]] = set()
-    rows = []
-    for wait in waits:
-        if wait.kind is not WaitKind.EVENT:
-            continue
-        keys = wait_keys(wait.match)
-        for event_type in dict.fromkeys(wait.event_types):
-            paths.update((event_type, path) for path, _ in keys)
-            rows += [(namespace, event_type, path, value, run_id, wait.seq, len(keys))
-                     for path, value in keys]
+    rows = wait_key_rows(waits)
     conn.executemany(
         "INSERT OR IGNORE INTO wait_paths (namespace, event_type, path) VALUES (?, ?, ?)",
-        [(namespace, event_type, path) for event_type, path in sorted(paths)])
+        [(namespace, event_type, path)
+         for event_type, path in sorted({(row[0], row[1]) for row in rows})])
     conn.executemany(
         "INSERT OR IGNORE INTO wait_keys (namespace, event_type, path, value, run_id, seq,"
-        " nkeys) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        " nkeys) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(namespace, typ, path, value, run_id, seq, n) for typ, path, value, seq, n in rows])
 
 
 def candidates(conn: sqlite3.Connection, namespace: str, event: CloudEventRecord,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 
-from kenning.stores.sqlite_writer import GroupCommitWriter
+from kenning.stores.rows import retention_cutoff
+from kenning.stores.sqlite_base import SqliteBase
 
 FINISHED = "status IN ('completed', 'failed', 'cancelled')"
 
@@ -18,10 +18,7 @@ def purge_batch(conn: sqlite3.Connection, now: float, default_retention: float,
     settings = dict(conn.execute("SELECT namespace, finished_retention FROM namespace_settings"))
 
     def cutoff(space: str) -> float | None:
-        if before is not None:
-            return before
-        keep = float(settings.get(space, default_retention))
-        return None if keep <= 0 else now - keep  # 0 keeps finished runs forever
+        return retention_cutoff(settings, space, default_retention, before, now)
 
     purged = 0
     spaces = [namespace] if namespace is not None else [row[0] for row in conn.execute(
@@ -71,12 +68,8 @@ def retention_of(conn: sqlite3.Connection, namespace: str, default_retention: fl
     return default_retention if row is None else float(row[0])
 
 
-class SqliteRetention:
+class SqliteRetention(SqliteBase):
     """The retention methods of ``SqliteStore``."""
-
-    clock: Callable[[], float]
-    finished_retention_default: float
-    _writer: GroupCommitWriter
 
     async def purge_finished(self, *, before: float | None = None,
                              namespace: str | None = None, limit: int = 500) -> int:

@@ -51,6 +51,7 @@ async def _post_structured(sink: Sink, body: Any) -> tuple[int, dict[str, Any]]:
         (event(ext=1.5), "'ext'"),
         (event(data={"a": 1}, data_base64="AAAA"), "'data_base64'"),
         (event(data_base64="not base64!"), "'data_base64'"),
+        (event(type="kenning.child.finished"), "reserved"),
     ],
 )
 async def test_invalid_structured_event_is_400_naming_the_problem(

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from kenning.core.errors import InvalidEventInput, InvalidInput
-from kenning.core.models import UPGRADE_POLICIES, CloudEventRecord, NewRun
+from kenning.core.models import CHILD_FINISHED_TYPE, UPGRADE_POLICIES, CloudEventRecord, NewRun
 
 # The same pattern as the WorkflowRun CRD's spec.runId: 1 to 200 characters, letters,
 # digits and ``_ . : -``, starting and ending with a letter or digit.
@@ -109,6 +109,9 @@ def validate_event(record: CloudEventRecord, field: str = "event") -> CloudEvent
         check_text(f"{field} extension name", key, max_chars=MAX_NAME, error=bad)
         check_text(f"{field}.{key}", value, max_chars=MAX_EVENT_ATTRIBUTE, empty=True,
                    error=bad)
+    if record.type == CHILD_FINISHED_TYPE:
+        raise bad(f"{field}.type {CHILD_FINISHED_TYPE!r} is reserved: the store sends it when "
+                  f"a child run ends", field=f"{field}.type")
     if record.target_run is not None and not _RUN_ID.match(record.target_run):
         raise bad(f"{field}.kenningrun {record.target_run[:60]!r} is not a valid run id",
                   field=f"{field}.kenningrun")

@@ -23,6 +23,7 @@ from aiohttp import web
 from kenning.core.errors import (
     ConfigurationError,
     InvalidEvent,
+    InvalidInput,
     StoreOverloaded,
     StoreUnavailable,
 )
@@ -213,6 +214,8 @@ class _Sink:
             return _json_response(202, {"status": "accepted", "accepted": 0, "duplicates": 0})
         try:
             results = await self.store.accept_events(namespace, records)
+        except InvalidInput as exc:  # what the store's own checks refuse: the sender's fault
+            return self._reject(400, "invalid_event", str(exc))
         except StoreOverloaded as exc:
             return self._reject(
                 503, "overloaded", "the store is overloaded; nothing was accepted, retry later",

@@ -351,3 +351,29 @@ def test_runs_history_all_shows_closed_chapters(cli: Invoke, db_path: str) -> No
     only_current = json.loads(cli("runs", "history", run_id, "--json", "--database",
                                   db_path).stdout)
     assert only_current == chapters[-1]
+
+
+@workflow(name="cli_kid")
+async def cli_kid(ctx: WorkflowContext, n: int) -> int:
+    return n
+
+
+@workflow(name="cli_parent")
+async def cli_parent(ctx: WorkflowContext) -> list[int]:
+    return [await cli_kid.run_child(ctx, n) for n in (1, 2)]
+
+
+def test_runs_list_parent_shows_the_children(cli: Invoke, db_path: str) -> None:
+    async def record() -> None:
+        async with App(db_path, "kid-worker", workflows=[cli_parent, cli_kid],
+                       worker_options=WorkerOptions(poll_interval=0.05)) as app:
+            assert await app.result(await app.start(cli_parent, run_id="mom"),
+                                    timeout=15) == [1, 2]
+
+    asyncio.run(record())
+    listed = json.loads(cli("runs", "list", "--parent", "mom", "-o", "json", "--database",
+                            db_path).stdout)
+    assert sorted(r["run_id"] for r in listed) == ["mom-0", "mom-2"]
+    assert {r["parent_run_id"] for r in listed} == {"mom"}
+    shown = cli("runs", "show", "mom-0", "--database", db_path).stdout
+    assert "parent:      mom" in shown

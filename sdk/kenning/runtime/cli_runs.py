@@ -154,20 +154,23 @@ def runs() -> None:
 @click.option("--status", type=click.Choice([s.value for s in RunStatus]), default=None,
               help="Only runs in this status.")
 @click.option("--workflow", "-w", default=None, help="Only runs of this workflow.")
+@click.option("--parent", default=None, metavar="RUN_ID",
+              help="Only the child runs of this run.")
 @namespace_option()
 @click.option("--all-namespaces", "-A", is_flag=True, help="Runs of every namespace.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
               help="At most this many runs, newest first.")
 @output_option
 @database_option
-def list_runs(status: str | None, workflow: str | None, namespace: str, all_namespaces: bool,
-              limit: int, output: str, database: str) -> None:
+def list_runs(status: str | None, workflow: str | None, parent: str | None, namespace: str,
+              all_namespaces: bool, limit: int, output: str, database: str) -> None:
     """List runs, newest first."""
     async def go() -> list[RunInfo]:
         async with open_client(database, namespace) as client:
             return await client.list_runs(
                 namespace=None if all_namespaces else namespace,
-                status=RunStatus(status) if status else None, workflow=workflow, limit=limit)
+                status=RunStatus(status) if status else None, workflow=workflow, parent=parent,
+                limit=limit)
 
     infos = run_async(go())
     if output == "json":
@@ -204,6 +207,9 @@ def show_run(run_id: str, output: str, database: str) -> None:
     fields = [("run", info.run_id), ("workflow", info.workflow),
               ("namespace", info.namespace), ("status", info.status.value),
               ("waiting for", describe_wait(info.waiting_for) or "-"),
+              ("parent", info.parent_run_id or "-"),
+              ("chapter", f"{info.chapter} (continued as new {info.chapter} time(s))"
+               if info.chapter else "0"),
               ("created", doc["created_at"]), ("started", doc["started_at"] or "-"),
               ("finished", doc["finished_at"] or "-")]
     if info.status is RunStatus.COMPLETED:
@@ -347,6 +353,7 @@ def run_json(info: RunInfo) -> dict[str, Any]:
         "run_id": info.run_id, "workflow": info.workflow, "namespace": info.namespace,
         "status": info.status.value,
         "waiting_for": [_wait_json(w) for w in info.waiting_for],
+        "parent_run_id": info.parent_run_id, "chapter": info.chapter,
         "result": info.result, "error": info.error,
         "created_at": iso(info.created_at), "started_at": iso(info.started_at),
         "finished_at": iso(info.finished_at),

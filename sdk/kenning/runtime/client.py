@@ -83,6 +83,10 @@ class RunInfo:
     pool: str | None = None
     build_id: str | None = None
     upgrade: str = "pinned"
+    # the run that started this one as its child, if any
+    parent_run_id: str | None = None
+    # how many times the run continued as new (its closed chapters)
+    chapter: int = 0
 
     @classmethod
     def from_run(cls, run: Run) -> RunInfo:
@@ -105,6 +109,8 @@ class RunInfo:
             pool=run.pool,
             build_id=run.build_id,
             upgrade=run.upgrade,
+            parent_run_id=run.parent_run_id,
+            chapter=run.chapter,
         )
 
 
@@ -233,10 +239,11 @@ class Client:
         return RunInfo.from_run(run)
 
     async def list_runs(self, *, namespace: str | None = None, status: RunStatus | None = None,
-                        workflow: str | None = None, limit: int = 100) -> list[RunInfo]:
-        """Runs, newest first."""
+                        workflow: str | None = None, parent: str | None = None,
+                        limit: int = 100) -> list[RunInfo]:
+        """Runs, newest first (``parent``: the child runs of that run)."""
         runs = await self.store.list_runs(namespace=namespace, status=status,
-                                          workflow=workflow, limit=limit)
+                                          workflow=workflow, parent=parent, limit=limit)
         return [RunInfo.from_run(r) for r in runs]
 
     async def history(self, run_id: str, *, chapter: int | None = None) -> list[Step]:

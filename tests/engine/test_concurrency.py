@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kenning import RunStatus, WorkflowContext, activity, sleep, wait_event, workflow
+from kenning import RetryPolicy, RunStatus, WorkflowContext, activity, sleep, wait_event, workflow
 from kenning.core.models import StepKind, WaitKind
 from tests.conftest import wait_status
 
@@ -187,3 +187,48 @@ async def test_input_and_output_in_workflow_code_fails_clearly(make_app: AppFact
         info = await app.wait_finished(run_id, timeout=10)
     assert info.status is RunStatus.FAILED
     assert "workflow code cannot use" in (info.error or "")
+
+
+FLAKY: dict[str, int] = {}
+
+
+@activity(retry=RetryPolicy(max_attempts=3, initial_interval=0.1))
+async def flaky(ctx: WorkflowContext, key: str) -> int:
+    FLAKY[key] = FLAKY.get(key, 0) + 1
+    if FLAKY[key] == 1:
+        raise RuntimeError("first attempt fails")
+    return ctx.attempt
+
+
+@workflow
+async def retry_beside_a_slow_step(ctx: WorkflowContext, key: str) -> list[Any]:
+    return list(await asyncio.gather(flaky(ctx, key), step(ctx, "slow", 0.6)))
+
+
+async def test_a_retry_delay_runs_out_in_process_while_another_step_runs(
+        make_app: AppFactory, database: str) -> None:
+    async with make_app([retry_beside_a_slow_step]) as app:
+        run_id = await app.start(retry_beside_a_slow_step, database)
+        seen: set[RunStatus] = set()
+        async with asyncio.timeout(10):
+            while not (info := await app.get_run(run_id)).status.finished:
+                seen.add(info.status)
+                await asyncio.sleep(0.02)
+        assert await app.result(run_id) == [2, "slow"]
+    assert RunStatus.WAITING_FOR_TIMER not in seen  # the retry never suspended the run
+
+
+@workflow
+async def fails_beside_a_slow_step(ctx: WorkflowContext) -> None:
+    async def boom() -> None:
+        await step(ctx, "quick")
+        raise ValueError("branch failed")
+
+    await asyncio.gather(boom(), step(ctx, "very slow", 30))
+
+
+async def test_a_failing_branch_fails_the_run_and_stops_the_others(make_app: AppFactory) -> None:
+    async with make_app([fails_beside_a_slow_step]) as app:
+        run_id = await app.start(fails_beside_a_slow_step)
+        info = await app.wait_finished(run_id, timeout=10)
+    assert info.status is RunStatus.FAILED and "branch failed" in (info.error or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -143,3 +144,28 @@ async def test_time_starts_where_the_test_says() -> None:
     async with TestEnv([what_time], start_time=start) as env:
         moment = datetime.fromisoformat(await env.result(await env.start(what_time)))
     assert start <= moment < start + timedelta(minutes=1)
+
+
+@workflow(name="env_race")
+async def env_race(ctx: WorkflowContext) -> str:
+    """An approval raced against an hour, and a child that sleeps a day."""
+    approval = asyncio.ensure_future(wait_event(ctx, "env.approved"))
+    hour = asyncio.ensure_future(sleep(ctx, timedelta(hours=1)))
+    done, _ = await asyncio.wait([approval, hour], return_when=asyncio.FIRST_COMPLETED)
+    (hour if approval in done else approval).cancel()
+    slept = await env_sleeper.run_child(ctx)
+    return f"{'approved' if approval in done else 'timed out'}, child {slept}"
+
+
+@workflow(name="env_sleeper")
+async def env_sleeper(ctx: WorkflowContext) -> str:
+    await asyncio.sleep(86_400)  # asyncio.sleep is a durable timer in workflow code
+    return "slept a day"
+
+
+async def test_time_skips_over_races_and_children() -> None:
+    async with TestEnv([env_race, env_sleeper]) as env:
+        started = env.now()
+        run_id = await env.start(env_race)
+        assert await env.result(run_id) == "timed out, child slept a day"
+        assert env.now() - started >= timedelta(hours=25)

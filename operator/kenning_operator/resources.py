@@ -132,14 +132,26 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
-class WaitingFor(_Model):
-    """What a suspended run waits for."""
+class WaitEntry(_Model):
+    """One thing a suspended run waits for."""
 
-    kind: Literal["event", "timer", "retry"]
+    kind: Literal["event", "timer", "retry", "child"]
+    seq: int | None = Field(default=None, description="The step the wait fills.")
     event_type: str | None = None
+    event_types: list[str] | None = Field(
+        default=None, description="Every type a first-of-several wait takes.")
     match: dict[str, Any] | None = None
+    child_run_id: str | None = Field(default=None, description="The child run waited for.")
     wake_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
-    summary: str = Field(default="", description="One line for `kubectl get`.")
+
+
+class WaitingFor(WaitEntry):
+    """What a suspended run waits for: the first wait's fields, and all of them."""
+
+    summary: str = Field(default="", description="One line for `kubectl get`: the first "
+                                                 "wait, and how many more.")
+    count: int | None = Field(default=None, description="How many waits hold the run.")
+    waits: list[WaitEntry] | None = Field(default=None, description="Every wait, by step.")
 
 
 class WorkflowRunStatus(_Model):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kenning.core import codec
-from kenning.core.models import Run, RunStatus, WaitKind
+from kenning.core.models import CHILD_FINISHED_TYPE, Run, RunStatus, Wait, WaitKind
 from kenning_operator.resources import RUN_ID_LABEL
 
 SUCCEEDED = "Succeeded"
@@ -64,30 +64,49 @@ def label_safe(value: str) -> bool:
 
 
 def waiting_for(run: Run) -> dict[str, Any] | None:
-    """``status.waitingFor`` of a suspended run."""
-    wait = run.wait
-    if wait is None or run.status not in (RunStatus.WAITING_FOR_EVENT,
-                                          RunStatus.WAITING_FOR_TIMER):
+    """``status.waitingFor`` of a suspended run: the first wait, a summary, every wait."""
+    if run.status not in (RunStatus.WAITING_FOR_EVENT, RunStatus.WAITING_FOR_TIMER):
         return None
-    out: dict[str, Any] = {"kind": wait.kind.value}
-    wake = timestamp(wait.wake_at)
-    if wait.kind is WaitKind.EVENT:
+    waits = sorted(run.waits or ((run.wait,) if run.wait is not None else ()),
+                   key=lambda w: w.seq)
+    if not waits:
+        return None
+    entries = [_wait_entry(w) for w in waits]
+    summary = _summary(waits[0])
+    if len(waits) > 1:
+        summary += f" (+{len(waits) - 1} more)"
+    return {**entries[0], "summary": summary[:200], "count": len(waits), "waits": entries}
+
+
+def _wait_entry(wait: Wait) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": wait.kind.value, "seq": wait.seq}
+    if wait.kind is WaitKind.EVENT and wait.event_type == CHILD_FINISHED_TYPE and wait.match:
+        out["kind"] = "child"
+        out["childRunId"] = str(wait.match.get("subject"))
+    elif wait.kind is WaitKind.EVENT:
         out["eventType"] = wait.event_type
+        if wait.other_types:
+            out["eventTypes"] = list(wait.event_types)
         if wait.match:
             out["match"] = wait.match
-        summary = f"event {wait.event_type}"
-        if wait.match:
-            summary += " " + ",".join(f"{k}={v}" for k, v in sorted(wait.match.items()))
-        if wake:
-            summary += f" until {wake}"
-    elif wait.kind is WaitKind.RETRY:
-        summary = f"retry at {wake}"
-    else:
-        summary = f"timer {wake}"
+    wake = timestamp(wait.wake_at)
     if wake:
         out["wakeAt"] = wake
-    out["summary"] = summary[:200]
     return out
+
+
+def _summary(wait: Wait) -> str:
+    wake = timestamp(wait.wake_at)
+    if wait.kind is WaitKind.EVENT and wait.event_type == CHILD_FINISHED_TYPE and wait.match:
+        return f"child {wait.match.get('subject')}"
+    if wait.kind is WaitKind.EVENT:
+        summary = f"event {' or '.join(wait.event_types)}"
+        if wait.match:
+            summary += " " + ",".join(f"{k}={v}" for k, v in sorted(wait.match.items()))
+        return f"{summary} until {wake}" if wake else summary
+    if wait.kind is WaitKind.RETRY:
+        return f"retry at {wake}"
+    return f"timer {wake}"
 
 
 def _condition(kind: str, status: str, reason: str, message: str, generation: int | None,

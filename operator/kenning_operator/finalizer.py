@@ -60,7 +60,8 @@ async def add_finalizer(kube: KubeClient, namespace: str, name: str,
         if FINALIZER in finalizers:
             return True
         try:
-            return await kube.json_patch(_path(namespace, name), add_ops(finalizers)) is not None
+            return await kube.json_patch(_path(namespace, name), add_ops(finalizers),
+                                         answer=False) is not None
         except Invalid:  # the list changed under us: read it again
             finalizers = await _finalizers(kube, namespace, name)
     return False

@@ -1,7 +1,9 @@
 """A small async Kubernetes API client on aiohttp, logged in with kopf's credentials.
 
 kopf's own API access is private; the sync ``kubernetes`` client would block the event loop,
-and the operator needs only a handful of calls: get, list, create, merge-patch, delete.
+and the operator needs only a handful of calls: get, list, watch, create, merge-patch,
+JSON-patch, delete. ``WorkflowRun``s are listed and watched with it (``informer``), not
+through kopf.
 
 Like kopf's own client, it logs in again when the API server answers 401 (a projected
 service-account token rotates: the login function re-reads it), and it waits and retries
@@ -12,10 +14,11 @@ Every refusal is a ``KubeError`` (a ``KenningError``), typed by its status.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -31,6 +34,9 @@ Login = Callable[[], kopf.ConnectionInfo]
 
 USER_AGENT = f"kenning-operator/{__version__}"
 RETRY_STATUSES = (429, 503)
+WATCH_SECONDS = 300
+"""How long the API server keeps one watch request open (``timeoutSeconds``); the watch
+then resumes from the last ``resourceVersion`` seen."""
 MAX_RETRY_AFTER = 30.0
 """The longest ``Retry-After`` honoured as given (seconds); longer ones are capped."""
 
@@ -66,12 +72,18 @@ class Invalid(KubeError):
     """422: the object or patch was refused as invalid (or a JSON-patch ``test`` failed)."""
 
 
+class Gone(KubeError):
+    """410: the ``resourceVersion`` a watch or a list page asked for is too old (compacted):
+    list again."""
+
+
 class TooManyRequests(KubeError):
     """429: the API server kept asking the operator to slow down (retries spent)."""
 
 
 _TYPED: dict[int, type[KubeError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound,
-                                      409: Conflict, 422: Invalid, 429: TooManyRequests}
+                                      409: Conflict, 410: Gone, 422: Invalid,
+                                      429: TooManyRequests}
 
 
 def kube_error(status: int, reason: str, message: str, *, what: str = "") -> KubeError:
@@ -138,8 +150,10 @@ class KubeClient:
 
     async def request(self, method: str, path: str, body: Any = None,
                       content_type: str = "application/json",
-                      params: Mapping[str, str] | None = None) -> Body:
-        """One call; raises a ``KubeError`` subclass for any non-2xx answer."""
+                      params: Mapping[str, str] | None = None, *,
+                      answer: bool = True) -> Body:
+        """One call; raises a ``KubeError`` subclass for any non-2xx answer. With
+        ``answer=False`` the object the server answers with is not parsed ({} instead)."""
         if self._session is None:
             raise RuntimeError("KubeClient used outside 'async with'")
         relogged = False
@@ -150,25 +164,73 @@ class KubeClient:
                 headers["Content-Type"] = content_type
             async with self._session.request(method, self.server + path, json=body,
                                              headers=headers, params=params) as resp:
+                if resp.status < 300 and not answer:
+                    await resp.read()
+                    return {}
                 data: Any = await resp.json(content_type=None) \
                     if resp.content_length != 0 else {}
                 if resp.status < 300:
                     return data if isinstance(data, dict) else {}
-                retry_after = resp.headers.get("Retry-After")
-                status = resp.status
-                info = data if isinstance(data, dict) else {}
-                reason = str(info.get("reason", resp.reason))
-                message = str(info.get("message", data))
-            if status == 401 and not relogged and self.relogin is not None:
-                relogged = True
-                await self._login_again()
-                continue
-            if status in RETRY_STATUSES and attempt < self.max_retries:
-                self.retried += 1
-                await asyncio.sleep(retry_delay(retry_after, attempt))
-                attempt += 1
-                continue
-            raise kube_error(status, reason, message, what=f"{method} {path}")
+                refusal = _refusal(resp, data)
+            relogged, attempt = await self._after_refusal(refusal, relogged, attempt,
+                                                          f"{method} {path}")
+
+    async def _after_refusal(self, refusal: tuple[int, str, str, str | None], relogged: bool,
+                             attempt: int, what: str) -> tuple[bool, int]:
+        """Log in again after a 401 (once) or wait out a 429/503 (``max_retries`` times);
+        otherwise raise the refusal as a ``KubeError``. Returns the new (relogged, attempt)."""
+        status, reason, message, retry_after = refusal
+        if status == 401 and not relogged and self.relogin is not None:
+            await self._login_again()
+            return True, attempt
+        if status in RETRY_STATUSES and attempt < self.max_retries:
+            self.retried += 1
+            await asyncio.sleep(retry_delay(retry_after, attempt))
+            return relogged, attempt + 1
+        raise kube_error(status, reason, message, what=what)
+
+    async def list_all(self, path: str, *, limit: int = 500) -> tuple[list[Body], str]:
+        """Every object of a collection, read in pages of ``limit``, and the
+        ``resourceVersion`` of that listing (a watch from it misses nothing)."""
+        items: list[Body] = []
+        token = ""
+        version = ""
+        while True:
+            params = {"limit": str(limit), **({"continue": token} if token else {})}
+            page = await self.request("GET", path, params=params)
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion") or "")
+            token = str(meta.get("continue") or "")
+            if not token:
+                return items, version
+
+    async def watch(self, path: str, resource_version: str, *,
+                    timeout_seconds: int = WATCH_SECONDS) -> AsyncIterator[Body]:
+        """The watch events of a collection after ``resource_version`` (bookmarks
+        included), until the API server ends the stream. A 401 logs in again, 429/503
+        wait; ``Gone`` (410) means: list again."""
+        if self._session is None:
+            raise RuntimeError("KubeClient used outside 'async with'")
+        params = {"watch": "true", "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(timeout_seconds),
+                  **({"resourceVersion": resource_version} if resource_version else {})}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30,
+                                        sock_read=timeout_seconds + 30)
+        relogged = False
+        attempt = 0
+        while True:
+            async with self._session.get(self.server + path, params=params,
+                                         headers=self._headers, timeout=timeout) as resp:
+                if resp.status < 300:
+                    async for event in _json_lines(resp.content):
+                        yield event
+                    return
+                data: Any = await resp.json(content_type=None) \
+                    if resp.content_length != 0 else {}
+                refusal = _refusal(resp, data)
+            relogged, attempt = await self._after_refusal(refusal, relogged, attempt,
+                                                          f"WATCH {path}")
 
     async def _login_again(self) -> None:
         assert self.relogin is not None
@@ -184,34 +246,26 @@ class KubeClient:
         except NotFound:
             return None
 
-    async def list_pages(self, path: str, *, limit: int = 500) -> list[Body]:
-        """Every object of a collection, read in pages of ``limit`` (``continue`` tokens)."""
-        items: list[Body] = []
-        token = ""
-        while True:
-            params = {"limit": str(limit), **({"continue": token} if token else {})}
-            page = await self.request("GET", path, params=params)
-            items.extend(page.get("items") or [])
-            token = str((page.get("metadata") or {}).get("continue") or "")
-            if not token:
-                return items
-
     async def create(self, path: str, body: Body) -> Body:
         """POST a new object to a collection path."""
         return await self.request("POST", path, body)
 
-    async def merge_patch(self, path: str, patch: Body) -> Body | None:
-        """Merge-patch an object; ``None`` if it is gone."""
+    async def merge_patch(self, path: str, patch: Body, *,
+                          answer: bool = True) -> Body | None:
+        """Merge-patch an object; ``None`` if it is gone (``answer=False``: {} if not)."""
         try:
-            return await self.request("PATCH", path, patch, "application/merge-patch+json")
+            return await self.request("PATCH", path, patch, "application/merge-patch+json",
+                                      answer=answer)
         except NotFound:
             return None
 
-    async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Body | None:
+    async def json_patch(self, path: str, ops: list[dict[str, Any]], *,
+                         answer: bool = True) -> Body | None:
         """JSON-patch an object (``test`` ops are preconditions: 422 if one fails);
-        ``None`` if it is gone."""
+        ``None`` if it is gone (``answer=False``: {} if not)."""
         try:
-            return await self.request("PATCH", path, ops, "application/json-patch+json")
+            return await self.request("PATCH", path, ops, "application/json-patch+json",
+                                      answer=answer)
         except NotFound:
             return None
 
@@ -223,6 +277,33 @@ class KubeClient:
         except (NotFound, Conflict):
             return False
         return True
+
+
+def _refusal(resp: aiohttp.ClientResponse, data: Any) -> tuple[int, str, str, str | None]:
+    """(status, reason, message, Retry-After) of a non-2xx answer."""
+    info = data if isinstance(data, dict) else {}
+    return (resp.status, str(info.get("reason", resp.reason)),
+            str(info.get("message", data)), resp.headers.get("Retry-After"))
+
+
+async def _json_lines(content: aiohttp.StreamReader) -> AsyncIterator[Body]:
+    """The JSON objects of a watch stream, one a line (however long the line)."""
+    buffer = bytearray()
+    async for chunk in content.iter_any():
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start:end])
+            start = end + 1
+            if line.strip():
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    yield event
+        del buffer[:start]
+    if buffer.strip():
+        event = json.loads(bytes(buffer))
+        if isinstance(event, dict):
+            yield event
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 TIMER_LEAD = 1.0
 """Seconds before a timer is due that its pool is woken."""
+MIN_PASS_GAP = 0.25
+"""Seconds between two passes of the scaler at least: under a backlog every store
+notification wakes it, and each pass reads the grouped counts; the first wake after a quiet
+spell is served at once (a pool scales from zero without delay)."""
 ACTIVITY_STATUS_INTERVAL = 5.0
 """Seconds between pool status patches that only update ``activeRuns``/``lastActiveTime``
 (replica changes are patched at once): no patch of the pool for every run."""
@@ -69,6 +73,8 @@ class PoolScaler:
         self.supervisor: LoopSupervisor | None = None
         """Told when the loop dies of a bug (set by the operator)."""
         self.versions = PoolVersions(store, kube, pools)
+        self.passes = 0
+        """Passes sizing every pool so far."""
 
     async def start(self) -> None:
         """Start the sizing loop."""
@@ -122,11 +128,16 @@ class PoolScaler:
 
     async def _loop(self) -> None:
         while True:
+            began = time.monotonic()
             if not await self._outage.attempt(self.size_all):
                 self.metrics.api_errors.labels("scale").inc()
                 continue  # waited its backoff
+            self.passes += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
+            rest = began + min(MIN_PASS_GAP, self.interval) - time.monotonic()
+            if rest > 0:
+                await asyncio.sleep(rest)
             self._wake.clear()
 
     async def active_runs(self) -> Counter[tuple[str, str]]:
@@ -142,7 +153,8 @@ class PoolScaler:
     async def size_all(self) -> None:
         """Size every pool once."""
         counts = await self.active_runs()
-        await self.versions.refresh()
+        if self.versions.due():
+            await self.versions.refresh()
         for pool in self.pools:
             if pool.spec is not None:
                 active = counts[(pool.namespace, pool.name)]

@@ -70,6 +70,17 @@ class RunSync:
         self._dirty: dict[str, float] = {}
         """Runs to bring up to date, with when they were first marked (queued, or marked
         again while in flight)."""
+        self._known: dict[str, Run] = {}
+        """Runs as the operator just created them (their first status needs no read)."""
+        self._expecting: set[str] = set()
+        self._moved: set[str] = set()
+        """Of the runs being created, those a notification said moved on meanwhile."""
+        self.synced = asyncio.Event()
+        """Set once the directory holds every resource (the informers listed them): the
+        workers and the sweep wait for it, so that no run looks as if it had none."""
+        self._compare_all = True
+        """The next sweep compares every unfinished run's whole status with its resource's
+        (after a (re)start), not only its phase."""
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._in_flight: set[str] = set()
         self._next_slot = 0.0
@@ -116,13 +127,33 @@ class RunSync:
             await self.events.close()
 
     # -- inputs -------------------------------------------------------------------------
-    def mark(self, run_id: str) -> None:
-        """Re-read this run soon and bring its resource up to date."""
+    def mark(self, run_id: str, *, known: Run | None = None) -> None:
+        """Re-read this run soon and bring its resource up to date (``known``: the run as
+        the operator itself just created it, so that it need not be read)."""
+        if known is not None:
+            self._known[run_id] = known
         if run_id in self._dirty:
             return  # queued already, or re-queued when its patch in flight ends
         self._dirty[run_id] = time.monotonic()
         if run_id not in self._in_flight:
             self._queue.put_nowait(run_id)
+
+    def expect(self, run_ids: list[str]) -> None:
+        """These runs are being created: note which move on before the creation returns."""
+        self._expecting.update(run_ids)
+
+    def expected(self, run_ids: list[str]) -> set[str]:
+        """The creation of ``run_ids`` returned: those no notification said moved on (their
+        state is the one created)."""
+        unmoved = {r for r in run_ids if r not in self._moved}
+        self._expecting.difference_update(run_ids)
+        self._moved.difference_update(run_ids)
+        return unmoved
+
+    def relisted(self) -> None:
+        """The resources were listed again: the next sweep compares whole statuses."""
+        self._compare_all = True
+        self._sweep_now.set()
 
     def mark_pending(self, namespace: str) -> None:
         """Re-check the pending runs of a namespace (a pool appeared or changed)."""
@@ -150,6 +181,7 @@ class RunSync:
         """A resource was deleted: forget what was patched for it."""
         self._patched.pop(ref.run_id, None)
         self._patched_phase.pop(ref.run_id, None)
+        self._known.pop(ref.run_id, None)
         self._posted.pop(ref.run_id, None)
         self._deadlines.pop(ref.run_id, None)
         self._finalizing.discard(ref.uid)
@@ -158,6 +190,10 @@ class RunSync:
     def _on_note(self, note: Notification) -> None:
         if note.run_id is None:
             return
+        if note.kind is not NotificationKind.RUNNABLE:
+            self._known.pop(note.run_id, None)
+            if note.run_id in self._expecting:
+                self._moved.add(note.run_id)
         self.mark(note.run_id)
         if note.kind in (NotificationKind.RUNNABLE, NotificationKind.FINISHED,
                          NotificationKind.CANCELLED, NotificationKind.TIMER):
@@ -166,6 +202,7 @@ class RunSync:
     # -- patching -----------------------------------------------------------------------
     async def _worker(self) -> None:
         """One of ``patch_concurrency`` workers: never two on the same run at once."""
+        await self.synced.wait()
         while True:
             run_id = await self._queue.get()
             since = self._dirty.pop(run_id, None)
@@ -202,11 +239,24 @@ class RunSync:
         if slot > now:
             await asyncio.sleep(slot - now)
 
+    def desired(self, ref: RunRef, run: Run) -> tuple[dict[str, Any], str, Schedulable | None]:
+        """The status ``ref`` should show for ``run``, its digest, and (while pending)
+        whether a pool serves it."""
+        schedulable = (self.pools.schedulable(ref.namespace, run.workflow, ref.pool)
+                       if run.status is RunStatus.PENDING else None)
+        status = status_of(run, generation=ref.generation, schedulable=schedulable,
+                           previous_conditions=ref.conditions,
+                           max_result_bytes=self.config.max_result_bytes, now=time.time())
+        return status, status_digest(status), schedulable
+
     async def sync_one(self, run_id: str) -> None:
         """Bring the resource of ``run_id`` up to date (or create one for a run that has
         none). Patches only when the status would change what the resource shows."""
         for attempt in range(2):
-            run = await self.store.get_run(run_id)
+            run = self._known.pop(run_id, None) if attempt == 0 else None
+            known = run is not None
+            if run is None:
+                run = await self.store.get_run(run_id)
             if run is None:
                 return
             ref = self.runs.get(run_id)
@@ -215,18 +265,17 @@ class RunSync:
                 return
             if ref.deleting:
                 return
-            schedulable = (self.pools.schedulable(ref.namespace, run.workflow, ref.pool)
-                           if run.status is RunStatus.PENDING else None)
-            status = status_of(run, generation=ref.generation, schedulable=schedulable,
-                               previous_conditions=ref.conditions,
-                               max_result_bytes=self.config.max_result_bytes, now=time.time())
-            digest = status_digest(status)
+            status, digest, schedulable = self.desired(ref, run)
             if digest in (ref.status_digest, self._patched.get(run_id)):
                 break
             waited = time.monotonic()
             await self._pace()
-            if time.monotonic() - waited > 0.005 and attempt == 0:
-                continue  # behind: read the run again, so that what changed meanwhile joins
+            if attempt == 0 and (run_id in self._dirty or (
+                    not known and time.monotonic() - waited > 0.005)):
+                # Behind, and it changed meanwhile (or may have: it was read before the
+                # wait): read it again, so that what changed joins this patch.
+                self._dirty.pop(run_id, None)
+                continue
             await self._patch(ref, run, status, digest, schedulable)
             break
         else:
@@ -238,7 +287,7 @@ class RunSync:
     async def _patch(self, ref: RunRef, run: Run, status: dict[str, Any], digest: str,
                      schedulable: Schedulable | None) -> None:
         path = resource_path(API_VERSION, "workflowruns", ref.namespace, ref.name, "status")
-        writes: list[Any] = [self.kube.merge_patch(path, {"status": status})]
+        writes: list[Any] = [self.kube.merge_patch(path, {"status": status}, answer=False)]
         finalize = not ref.finalized and not run.status.finished \
             and ref.uid not in self._finalizing
         if finalize:
@@ -309,6 +358,7 @@ class RunSync:
 
     # -- the sweep ----------------------------------------------------------------------
     async def _sweep_loop(self) -> None:
+        await self.synced.wait()
         next_catch_up = 0.0
         while True:
             if time.monotonic() >= next_catch_up:
@@ -334,8 +384,10 @@ class RunSync:
 
     async def catch_up(self) -> None:
         """Mark every run whose resource shows another phase than the store: all unfinished
-        runs, paged from the oldest by an index."""
+        runs, paged from the oldest by an index. The first sweep after the resources were
+        listed compares whole statuses (a restart writes only where one differs)."""
         self._on_sweep()
+        compare_all, self._compare_all = self._compare_all, False
         unfinished: set[str] = set()
         after: tuple[float, str] | None = None
         while True:
@@ -343,9 +395,15 @@ class RunSync:
             for run in page:
                 unfinished.add(run.run_id)
                 ref = self.runs.get(run.run_id)
+                if ref is None:
+                    self.mark(run.run_id)
+                elif compare_all:
+                    if not ref.deleting and self.desired(ref, run)[1] not in (
+                            ref.status_digest, self._patched.get(run.run_id)):
+                        self.mark(run.run_id)
                 # A phase patched but not seen back on the watch yet needs nothing.
-                if ref is None or (ref.phase != run.status.phase
-                                   and self._patched_phase.get(run.run_id) != run.status.phase):
+                elif ref.phase != run.status.phase \
+                        and self._patched_phase.get(run.run_id) != run.status.phase:
                     self.mark(run.run_id)
             if len(page) < SWEEP_PAGE:
                 break

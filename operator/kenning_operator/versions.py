@@ -37,6 +37,11 @@ VERSION_LABEL = f"{GROUP}/version"
 """Label (and selector) of an old version's Deployment and pods."""
 TIMER_LEAD = 1.0
 """Seconds before a timer is due that its version counts the run as runnable."""
+COUNTS_INTERVAL = 30.0
+"""Seconds between the grouped counts of unfinished runs by build while no pool has an old
+version: they then only say how many runs the current version holds (``status.versions``).
+The count reads every unfinished run (waiting ones included: a sequential scan at 100,000),
+so it is not made on every scaler pass."""
 
 Body = dict[str, Any]
 PoolKey = tuple[str, str]
@@ -129,6 +134,16 @@ class PoolVersions:
         self.pools = pools
         self._state: dict[PoolKey, _PoolVersions] = {}
         self._held: dict[PoolKey, dict[str | None, _Held]] = {}
+        self._counted_at: float | None = None
+        self.counts = 0
+        """Grouped counts read so far."""
+
+    def due(self) -> bool:
+        """Whether the scaler's pass needs fresh counts: some pool has an old version (its
+        Deployment is sized by them), or the last count is ``COUNTS_INTERVAL`` old."""
+        if self._counted_at is None or any(state.old for state in self._state.values()):
+            return True
+        return time.monotonic() - self._counted_at >= COUNTS_INTERVAL
 
     def forget(self, namespace: str, name: str) -> None:
         """A pool was deleted (its Deployments go with it: they are owned by it)."""
@@ -137,6 +152,8 @@ class PoolVersions:
     async def refresh(self) -> None:
         """Count the unfinished runs of every pool by build (one grouped query)."""
         counts = await self.store.count_unfinished_by_build(due_before=time.time() + TIMER_LEAD)
+        self._counted_at = time.monotonic()
+        self.counts += 1
         held: dict[PoolKey, dict[str | None, _Held]] = defaultdict(dict)
         for count in counts:
             pool = self.pools.pool_for(count.namespace, count.workflow, count.pool)

@@ -1,56 +1,97 @@
-"""See each raw watch event of ``WorkflowRun`` the moment kopf reads it off the stream.
+"""kopf's peering state, for the loops the operator runs beside kopf.
 
-kopf hands an event to a per-object worker task, builds its body, detects causes and only
-then calls ``@kopf.on.event`` handlers: about a millisecond on an idle operator, more when it
-is busy. Starting a new resource's run needs none of that, so the operator taps the stream
-itself: kopf's watcher reads events from ``kopf._cogs.clients.watching.infinite_watch``, and
-that function is wrapped (once per process) to call the hook registered for the operator's
-settings object before kopf queues the event. kopf's own processing is unchanged.
+With peering (``--peering``, HA), kopf pauses its watch streams while another operator with a
+higher priority is alive. The operator's own watch of ``WorkflowRun``s (``informer``) must
+pause with them, and kopf has no public API that says whether it is paused. Its watch
+streams do know: kopf's watcher reads events from
+``kopf._cogs.clients.watching.infinite_watch(..., operator_paused=...)``, and that function
+is wrapped (once per process) to hand the ``operator_paused`` toggle kopf gives it to the
+``PeeringGate`` registered for the operator's settings object. Nothing else about kopf's
+streams changes.
 
 Before wrapping, the tap checks what it wraps: the module kopf's queueing reads it from, that
 it is an async generator function, and its keyword parameters (``settings``, ``resource``,
-``namespace``). If kopf's internals ever move, ``install`` returns False, logs once why, and
-the ``on.event`` handler does the work as before, one step later. The kopf range in
-``pyproject.toml`` is the one this was checked against (a test runs the tap on the lowest
-and the highest kopf of that range).
+``namespace``, ``operator_paused``). If kopf's internals ever move, ``install`` returns
+False and logs once why; an operator with peering then watches its runs even while another
+is active (their writes are idempotent, but both make them). The kopf range in
+``pyproject.toml`` is the one this was checked against (a test installs the tap on the
+lowest and the highest kopf of that range).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-Hook = Callable[[Mapping[str, Any]], None]
-_HOOKS: dict[int, tuple[str, str, Hook]] = {}
-"""id(settings) -> (group, plural, hook)."""
-EXPECTED_PARAMETERS = ("settings", "resource", "namespace")
+EXPECTED_PARAMETERS = ("settings", "resource", "namespace", "operator_paused")
+_GATES: dict[int, PeeringGate] = {}
+"""id(settings) -> the gate of the operator that runs kopf with those settings."""
 _off_logged = False
 
 
-def install(settings: object, group: str, plural: str, hook: Hook) -> bool:
-    """Call ``hook(raw_event)`` for every event of ``group``/``plural`` that kopf watches
-    with ``settings``; False if kopf's watch stream could not be tapped."""
+class PeeringGate:
+    """Whether this operator is the active one, as kopf's peering decides.
+
+    Disabled (standalone, or the tap not installed): always active."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._toggle: Any = None
+        self._seen = asyncio.Event()
+
+    def use(self, toggle: Any) -> None:
+        """kopf's ``operator_paused`` toggle set (on: another operator is active)."""
+        if self._toggle is None:
+            self._toggle = toggle
+            self._seen.set()
+
+    def paused(self) -> bool:
+        """Whether another operator is active now (or, with peering, kopf has not decided
+        yet)."""
+        if not self.enabled:
+            return False
+        return self._toggle is None or bool(self._toggle.is_on())
+
+    async def wait_active(self) -> None:
+        """Until this operator is the active one."""
+        if not self.enabled:
+            return
+        await self._seen.wait()
+        await self._toggle.wait_for(False)
+
+    async def wait_paused(self) -> None:
+        """Until another operator becomes the active one (never, when disabled)."""
+        if not self.enabled:
+            await asyncio.Event().wait()
+        await self._seen.wait()
+        await self._toggle.wait_for(True)
+
+
+def install(settings: object, gate: PeeringGate) -> bool:
+    """Give ``gate`` kopf's pause toggle when kopf watches with ``settings``; False if
+    kopf's watch streams could not be tapped."""
     why = _wrap_once()
     if why is not None:
         global _off_logged
         if not _off_logged:
             _off_logged = True
-            log.warning("runs start from kopf's on.event handler, a step later than from the "
-                        "watch stream: %s (this kopf is outside the range Kenning was "
-                        "checked against)", why)
+            log.warning("kopf's peering state cannot be read: %s (this kopf is outside the "
+                        "range Kenning was checked against); with --peering, WorkflowRuns "
+                        "are watched even while another operator is active", why)
         return False
-    _HOOKS[id(settings)] = (group, plural, hook)
+    _GATES[id(settings)] = gate
     return True
 
 
 def uninstall(settings: object) -> None:
-    """Stop calling the hook of ``settings``."""
-    _HOOKS.pop(id(settings), None)
+    """Forget the gate of ``settings``."""
+    _GATES.pop(id(settings), None)
 
 
 def check(function: object) -> str | None:
@@ -88,22 +129,15 @@ def _wrap_once() -> str | None:
         return None
     assert original is not None
 
-    async def infinite_watch(*, settings: Any, resource: Any,
+    async def infinite_watch(*, settings: Any, operator_paused: Any = None,
                              **kwargs: Any) -> AsyncIterator[Any]:
-        stream = original(settings=settings, resource=resource, **kwargs)
-        tap = _HOOKS.get(id(settings))
-        hook = tap[2] if tap is not None and tap[:2] == (
-            getattr(resource, "group", None), getattr(resource, "plural", None)) else None
+        gate = _GATES.get(id(settings))
+        if gate is not None and operator_paused is not None:
+            gate.use(operator_paused)
+        stream = original(settings=settings, operator_paused=operator_paused, **kwargs)
         # Closed with the wrapper, in its task (not later by the loop's shutdown hooks).
         async with contextlib.aclosing(stream):
             async for event in stream:
-                if hook is not None and isinstance(event, dict) \
-                        and isinstance(event.get("object"), dict):
-                    try:
-                        hook(event)
-                    except Exception:  # never break kopf's stream
-                        log.exception("watch hook failed on an event; kopf's handlers "
-                                      "still run")
                 yield event
 
     infinite_watch._kenning_tap = True  # type: ignore[attr-defined]

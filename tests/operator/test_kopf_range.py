@@ -1,6 +1,7 @@
-"""The watch-stream tap on the lowest and the highest kopf of the range ``pyproject.toml``
-pins: each is downloaded from the package index (``pip download``) into a throwaway
-directory and the tap is installed on it in a fresh interpreter."""
+"""The peering tap (kopf's pause toggle, read off its watch streams) on the lowest and the
+highest kopf of the range ``pyproject.toml`` pins: each is downloaded from the package index
+(``pip download``) into a throwaway directory and the tap is installed on it in a fresh
+interpreter."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from kenning_operator import watchhook
 from kopf._cogs.clients import watching
 assert kopf.__file__.startswith(sys.argv[1]), kopf.__file__
 settings = kopf.OperatorSettings()
-assert watchhook.install(settings, "kenning.dev", "workflowruns", lambda event: None)
+assert watchhook.install(settings, watchhook.PeeringGate(enabled=True))
 assert getattr(watching.infinite_watch, "_kenning_tap", False)
 from importlib.metadata import version
 print(version("kopf"))

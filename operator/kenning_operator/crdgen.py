@@ -116,6 +116,8 @@ def workflowrun_crd() -> Schema:
             {"name": "Waiting For", "type": "string", "jsonPath": ".status.waitingFor.summary"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
             {"name": "Run ID", "type": "string", "jsonPath": ".status.runId", "priority": 1},
+            {"name": "Parent", "type": "string", "jsonPath": ".status.parentRunId",
+             "priority": 1},
             {"name": "Error", "type": "string", "jsonPath": ".status.error", "priority": 1},
         ])
 

@@ -7,7 +7,9 @@ and the chart's ``templates/_rbac.tpl`` are both written from ``OPERATOR_RULES``
 A test keeps the files equal to what this module writes, and another checks the rules
 against every call the operator makes. ``update`` on ``workerpools/finalizers`` is what the
 ``OwnerReferencesPermissionEnforcement`` admission plugin requires to create a pool's
-Deployment, owned by the pool with ``blockOwnerDeletion``.
+Deployment, owned by the pool with ``blockOwnerDeletion``; ``update`` on
+``workflowruns/finalizers`` is what it requires to create a child run's ``WorkflowRun``,
+owned by its parent's the same way.
 
 The plain file creates its own namespace (``kenning-system``) and uses names of its own
 (``kenning-standalone-operator``), so that it applies on an empty cluster and never collides
@@ -40,9 +42,10 @@ OPERATOR_RULES: tuple[Rule, ...] = (
          ("workflowruns/status", "workerpools/status"), ("patch",)),
     Rule("WorkerPools: watched.", ("kenning.dev",), ("workerpools",),
          ("get", "list", "watch", "patch")),
-    Rule("A pool owns its Deployment with blockOwnerDeletion (required by the "
-         "OwnerReferencesPermissionEnforcement admission plugin).", ("kenning.dev",),
-         ("workerpools/finalizers",), ("update",)),
+    Rule("A pool owns its Deployment, and a parent run's WorkflowRun its children's, with "
+         "blockOwnerDeletion (required by the OwnerReferencesPermissionEnforcement admission "
+         "plugin).", ("kenning.dev",), ("workerpools/finalizers", "workflowruns/finalizers"),
+         ("update",)),
     Rule("The Deployments each WorkerPool owns: read, created, resized, and an old "
          "version's deleted once its last run finished (no list or watch).",
          ("apps",), ("deployments",), ("get", "create", "patch", "delete")),

@@ -19,6 +19,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 RUN_ID_LABEL = f"{GROUP}/run-id"
 """Label of a ``WorkflowRun`` that names the run it mirrors (runs started outside Kubernetes)."""
+PARENT_LABEL = f"{GROUP}/parent-run"
+"""Label of a child run's ``WorkflowRun``: its parent's run id (``-l kenning.dev/parent-run=``)."""
 POOL_LABEL = f"{GROUP}/pool"
 CR_UID_LABEL = f"{GROUP}/cr-uid"
 FINALIZER = f"{GROUP}/cancel-run"
@@ -159,6 +161,9 @@ class WorkflowRunStatus(_Model):
 
     phase: Phase | None = None
     run_id: str | None = None
+    parent_run_id: str | None = Field(
+        default=None, description="The run that started this one as its child (its "
+                                  "WorkflowRun owns this one's).")
     waiting_for: WaitingFor | None = None
     result: Any = Field(default=None, description="The result (JSON), when completed.")
     result_truncated: bool | None = Field(

@@ -155,6 +155,7 @@ def status_of(run: Run, *, generation: int | None, schedulable: Schedulable | No
     return {
         "phase": run.status.phase,
         "runId": run.run_id,
+        "parentRunId": run.parent_run_id,
         "waitingFor": waiting_for(run),
         "result": result,
         "resultTruncated": truncated,

@@ -34,6 +34,7 @@ from kenning_operator.resources import (
     API_VERSION,
     CR_UID_LABEL,
     FINISHED_PHASES,
+    PARENT_LABEL,
     RUN_ID_LABEL,
 )
 from kenning_operator.status import (
@@ -48,7 +49,13 @@ from kenning_operator.status import (
 log = logging.getLogger(__name__)
 
 SWEEP_PAGE = 5_000
+SWEEP_SHARE = 25
+"""The next sweep waits at least this many times as long as the last one took."""
 MIRROR_RETRY = 60.0
+PARENT_WAIT = 10.0
+"""Seconds a child run's resource waits for its parent's to be seen (a child is started in
+the commit after its parent started, so the parent's resource is usually there already)."""
+PARENT_RETRY = 0.25
 
 
 class RunSync:
@@ -93,6 +100,10 @@ class RunSync:
         self._ttl_uids: set[str] = set()
         self._deadlines: dict[str, float] = {}
         self._mirror_retry: dict[str, float] = {}
+        self._parent_wait: dict[str, float] = {}
+        """Children whose parent's resource is not known yet, since when."""
+        self.parent_wait = PARENT_WAIT
+        """Seconds a child's resource waits for its parent's before it is created unowned."""
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_outage = Outage("WorkflowRun status sync")
         self._sweep_outage = Outage("WorkflowRun catch-up sweep")
@@ -182,6 +193,7 @@ class RunSync:
         self._patched.pop(ref.run_id, None)
         self._patched_phase.pop(ref.run_id, None)
         self._known.pop(ref.run_id, None)
+        self._parent_wait.pop(ref.run_id, None)
         self._posted.pop(ref.run_id, None)
         self._deadlines.pop(ref.run_id, None)
         self._finalizing.discard(ref.uid)
@@ -334,10 +346,19 @@ class RunSync:
         if self._mirror_retry.get(run.run_id, 0.0) > time.monotonic():
             return
         labels = {RUN_ID_LABEL: run.run_id} if label_safe(run.run_id) else {}
+        metadata: dict[str, Any] = {"name": mirror_name(run.run_id), "namespace": run.namespace,
+                                    "labels": labels}
+        if run.parent_run_id is not None:
+            if label_safe(run.parent_run_id):
+                labels[PARENT_LABEL] = run.parent_run_id
+            owner = self._owner_of(run)
+            if owner is None:
+                return  # marked again shortly: the parent's resource is on its way
+            if owner:
+                metadata["ownerReferences"] = [owner]
+        self._parent_wait.pop(run.run_id, None)
         body: dict[str, Any] = {
-            "apiVersion": API_VERSION, "kind": "WorkflowRun",
-            "metadata": {"name": mirror_name(run.run_id), "namespace": run.namespace,
-                         "labels": labels},
+            "apiVersion": API_VERSION, "kind": "WorkflowRun", "metadata": metadata,
             "spec": {"workflow": run.workflow, "input": _user_input(run.input),
                      "runId": run.run_id, **({"pool": run.pool} if run.pool else {})},
         }
@@ -353,18 +374,43 @@ class RunSync:
             return
         self._mirror_retry.pop(run.run_id, None)
         self.metrics.mirrored.inc()
-        log.info("created WorkflowRun %s/%s for run %s started outside Kubernetes",
-                 run.namespace, body["metadata"]["name"], run.run_id)
+        log.info("created WorkflowRun %s/%s for run %s started outside Kubernetes%s",
+                 run.namespace, body["metadata"]["name"], run.run_id,
+                 f" (a child of {run.parent_run_id})" if run.parent_run_id else "")
+
+    def _owner_of(self, child: Run) -> dict[str, Any] | None:
+        """The ownerReference of a child run's resource: its parent's ``WorkflowRun``
+        (controller false, blockOwnerDeletion true, so that deleting the parent deletes it);
+        ``{}`` for none (the parent has no resource in the child's namespace), ``None``
+        while the parent's resource may still come (the child is marked again)."""
+        assert child.parent_run_id is not None
+        parent = self.runs.get(child.parent_run_id)
+        if parent is not None:
+            if parent.namespace != child.namespace or not parent.uid:
+                return {}  # owners are in the same namespace only
+            return {"apiVersion": API_VERSION, "kind": "WorkflowRun", "name": parent.name,
+                    "uid": parent.uid, "controller": False, "blockOwnerDeletion": True}
+        now = time.monotonic()
+        since = self._parent_wait.setdefault(child.run_id, now)
+        if parent is None and now - since < self.parent_wait:
+            asyncio.get_running_loop().call_later(PARENT_RETRY, self.mark, child.run_id)
+            return None
+        return {}
 
     # -- the sweep ----------------------------------------------------------------------
     async def _sweep_loop(self) -> None:
         await self.synced.wait()
         next_catch_up = 0.0
         while True:
-            if time.monotonic() >= next_catch_up:
+            if self._compare_all or time.monotonic() >= next_catch_up:
+                began = time.monotonic()
                 if not await self._sweep_outage.attempt(self.catch_up):
                     continue  # waited its backoff
-                next_catch_up = time.monotonic() + self.config.sweep_interval
+                took = time.monotonic() - began
+                # At 100,000 unfinished runs a sweep reads them all: it keeps to a small
+                # share of the operator's time (notifications come first).
+                next_catch_up = time.monotonic() + max(self.config.sweep_interval,
+                                                       SWEEP_SHARE * took)
             if not await self._sweep_outage.attempt(self._due_work):
                 continue
             wait = max(0.0, min(next_catch_up - time.monotonic(), self._next_due() - time.time()))

@@ -137,6 +137,9 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
     _bucket: list[float] = attrs.field(factory=lambda: [0.0, 0.0], init=False)
     _order_cache: Any = attrs.field(default=None, init=False)
     _own_payloads: int = attrs.field(default=0, init=False)
+    _dependents: dict[str, set[Any]] = attrs.field(factory=dict, init=False)
+    """Objects by the uid of an owner in their ``ownerReferences`` (for the collector)."""
+    _collecting: set[Any] = attrs.field(factory=set, init=False)
     _in_flight: Counter[tuple[str, str]] = attrs.field(factory=Counter, init=False)
 
     def declare_kenning(self) -> None:
@@ -328,6 +331,8 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
             else:
                 obj.create(data)
             raw = obj.last.raw
+            for owner in meta.get("ownerReferences") or ():
+                self._dependents.setdefault(str(owner.get("uid")), set()).add(key)
             await bus.put({"type": "ADDED", "object": raw})
             return aiohttp.web.json_response(raw)
         key = (resource, request.namespace, request.name)
@@ -343,17 +348,45 @@ class Emulator(kmock.KubernetesEmulator, _FastDispatch):
             if meta.get("finalizers"):  # marked in _fill_gaps
                 return aiohttp.web.json_response(obj.raw)
             raw = obj.last.raw
-            obj.delete()
-            await bus.put({"type": "DELETED", "object": raw})
+            await self._gone(resource, obj, raw)
             return aiohttp.web.json_response(raw)
         obj.patch(request.data)
         raw = obj.raw
         await bus.put({"type": "MODIFIED", "object": raw})
         meta = raw.get("metadata", {})
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
-            obj.delete()  # its last finalizer removed: gone
-            await bus.put({"type": "DELETED", "object": raw})
+            await self._gone(resource, obj, raw)  # its last finalizer removed
         return aiohttp.web.json_response(raw)
+
+    async def _gone(self, resource: Any, obj: Any, raw: dict[str, Any]) -> None:
+        """Delete an object for good (under the lock); its dependents go after it, as
+        Kubernetes' garbage collector deletes them (background propagation)."""
+        obj.delete()
+        await self._buses[resource].put({"type": "DELETED", "object": raw})
+        uid = str(raw.get("metadata", {}).get("uid"))
+        if uid in self._dependents:
+            task = asyncio.ensure_future(self._collect(uid))
+            self._collecting.add(task)
+            task.add_done_callback(self._collecting.discard)
+
+    async def _collect(self, owner_uid: str) -> None:
+        """The garbage collector: delete what ``owner_uid`` owned (marked for deletion
+        when it has finalizers)."""
+        async with self._lock:
+            for key in sorted(self._dependents.pop(owner_uid, set()), key=str):
+                obj = self._stored(key)
+                if obj is None or obj.deleted:
+                    continue
+                meta = obj.get("metadata", {})
+                if owner_uid not in {str(o.get("uid")) for o in meta.get("ownerReferences")
+                                     or ()} or meta.get("deletionTimestamp"):
+                    continue
+                if meta.get("finalizers"):
+                    obj.patch({"metadata": {"deletionTimestamp": _now(),
+                                            "resourceVersion": self._next_version()}})
+                    await self._buses[key[0]].put({"type": "MODIFIED", "object": obj.raw})
+                else:
+                    await self._gone(key[0], obj, obj.last.raw)
 
     def _precondition_failed(self, request: rendering.Request) -> str | None:
         """Why a real API server would answer 409 (None: it would not)."""

@@ -60,7 +60,8 @@ async def test_rbac_covers_every_call_the_operator_makes(operators: Operators, s
                       ("kenning.dev", "workerpools", "get"),
                       ("apps", "deployments", "delete"),
                       # checked by admission (blockOwnerDeletion), never called
-                      ("kenning.dev", "workerpools/finalizers", "update")}, sorted(unused)
+                      ("kenning.dev", "workerpools/finalizers", "update"),
+                      ("kenning.dev", "workflowruns/finalizers", "update")}, sorted(unused)
 
 
 def test_rbac_files_come_from_one_source() -> None:
@@ -68,7 +69,10 @@ def test_rbac_files_come_from_one_source() -> None:
         "crds/rbac/operator.yaml is stale: run python -m kenning_operator.rbac"
     assert rbac.CHART_FILE.read_text() == rbac.chart_rules(), \
         "charts/kenning/templates/_rbac.tpl is stale: run python -m kenning_operator.rbac"
+    # OwnerReferencesPermissionEnforcement: a pool owns its Deployments, a parent run's
+    # WorkflowRun its children's, both with blockOwnerDeletion
     assert ("kenning.dev", "workerpools/finalizers", "update") in granted()
+    assert ("kenning.dev", "workflowruns/finalizers", "update") in granted()
 
 
 def test_crds_apply_on_an_empty_cluster() -> None:

@@ -15,9 +15,9 @@ The operator's RBAC rules: the calls it makes, and nothing more.
 - apiGroups: [kenning.dev]
   resources: [workerpools]
   verbs: [get, list, watch, patch]
-# A pool owns its Deployment with blockOwnerDeletion (required by the OwnerReferencesPermissionEnforcement admission plugin).
+# A pool owns its Deployment, and a parent run's WorkflowRun its children's, with blockOwnerDeletion (required by the OwnerReferencesPermissionEnforcement admission plugin).
 - apiGroups: [kenning.dev]
-  resources: [workerpools/finalizers]
+  resources: [workerpools/finalizers, workflowruns/finalizers]
   verbs: [update]
 # The Deployments each WorkerPool owns: read, created, resized, and an old version's deleted once its last run finished (no list or watch).
 - apiGroups: [apps]

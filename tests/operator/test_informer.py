@@ -122,3 +122,60 @@ async def test_an_outage_is_waited_out() -> None:
     assert events == ["a", "c"]
     assert kube.watched_from[:2] == ["1", "1"]  # the same version once it answers again
     assert isinstance(Gone(410, "Expired", ""), KubeError)
+
+
+class FakeToggle:
+    """kopf's ``operator_paused`` toggle set, as the peering tap hands it over."""
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.changed = asyncio.Event()
+
+    def is_on(self) -> bool:
+        return self.on
+
+    def turn(self, on: bool) -> None:
+        self.on = on
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, state: bool) -> None:
+        while self.on != state:
+            await self.changed.wait()
+
+
+async def test_with_peering_nothing_is_watched_while_another_operator_is_active() -> None:
+    from kenning_operator.watchhook import PeeringGate
+
+    kube = FakeKube()
+    kube.listings = [([obj("a", "1")], "1"), ([obj("a", "1"), obj("b", "2")], "2")]
+    gate = PeeringGate(enabled=True)
+    events: list[str] = []
+    informer = Informer(kube, PATH, what="WorkflowRuns", gate=gate,  # type: ignore[arg-type]
+                        on_event=lambda kind, body: events.append(body["metadata"]["name"]),
+                        on_listed=lambda uids: None)
+    task = asyncio.create_task(informer.run())
+
+    async def until(check: Any) -> None:
+        async with asyncio.timeout(5):
+            while not check():
+                await asyncio.sleep(0.01)
+    try:
+        await asyncio.sleep(0.1)
+        assert informer.lists == 0  # kopf has not decided yet
+        toggle = FakeToggle(on=True)
+        gate.use(toggle)
+        await asyncio.sleep(0.1)
+        assert informer.lists == 0 and gate.paused()  # another operator is active
+        toggle.turn(False)
+        await until(lambda: informer.watches == 1)
+        assert events == ["a"]
+        toggle.turn(True)  # another one takes over: the watch stops
+        await asyncio.sleep(0.1)
+        toggle.turn(False)  # this one again: it lists what happened meanwhile
+        await until(lambda: informer.lists == 2)
+        assert events == ["a", "a", "b"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert not PeeringGate(enabled=False).paused()

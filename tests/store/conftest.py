@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import asyncpg
 import pytest
 
 from kenning.core.models import (
@@ -31,6 +32,7 @@ from kenning.core.models import (
     WaitKind,
 )
 from kenning.core.store import Store
+from kenning.stores import postgres_schema, sqlite_schema
 from kenning.stores.postgres import PostgresStore
 from kenning.stores.sqlite import SqliteStore
 from tests.conftest import FakeClock
@@ -89,6 +91,59 @@ def notes(store: Store) -> list[Notification]:
     heard: list[Notification] = []
     store.subscribe(heard.append)
     return heard
+
+
+# -- databases at an older schema, large loads --------------------------------------------
+async def postgres_at_version(dsn: str, version: int, statements: list[str]) -> None:
+    """Bring an empty PostgreSQL database to schema ``version`` and run ``statements``."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE kenning_schema (singleton boolean PRIMARY KEY"
+                           " DEFAULT true CHECK (singleton), version integer NOT NULL)")
+        for migration in postgres_schema.MIGRATIONS[:version]:
+            await conn.execute(migration)
+        await conn.execute("INSERT INTO kenning_schema VALUES (true, $1)", version)
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def sqlite_at_version(path: Path, version: int, statements: list[str]) -> None:
+    """Create a SQLite file at schema ``version`` and run ``statements``."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for migration in sqlite_schema.MIGRATIONS[:version]:
+            conn.executescript(migration)
+        conn.execute(f"PRAGMA user_version = {version}")
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def loaded_database(server: PgServer, *load: str) -> Iterator[str]:
+    """A database of its own on ``server``, migrated, then each of ``load`` run (one
+    statement or a script each); dropped after."""
+    name = server.create_database()
+    dsn = server.dsn(name)
+
+    async def migrate_and_load() -> None:
+        store = PostgresStore(dsn)
+        await store.open()
+        await store.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            for script in load:
+                await conn.execute(script)
+        finally:
+            await conn.close()
+    asyncio.run(migrate_and_load())
+    try:
+        yield dsn
+    finally:
+        server.drop_database(name)
 
 
 # -- builders -----------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from kenning.stores import postgres_match as match_sql
 from kenning.stores import postgres_retention as retention_sql
 from kenning.stores import postgres_sql as sql
 from kenning.stores.claim_scope import postgres_scope_args
-from kenning.stores.postgres import PostgresStore
 from tests.pg_server import PgServer
+from tests.store.conftest import loaded_database
 
 RUNS = 100_000
 MOST_ROWS = 5_000  # every population of the load (pending, waiting, finished) is larger
@@ -99,21 +99,8 @@ ANALYZE;
 @pytest.fixture(scope="module")
 def loaded(pg_server: PgServer) -> Iterator[str]:
     """A database of 100,000 runs in every state, migrated, loaded and analyzed."""
-    name = pg_server.create_database()
-    dsn = pg_server.dsn(name)
-
-    async def load() -> None:
-        store = PostgresStore(dsn)
-        await store.open()
-        await store.close()
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(_LOAD)
-        finally:
-            await conn.close()
-    asyncio.run(load())
-    yield dsn
-    pg_server.drop_database(name)
+    with loaded_database(pg_server, _LOAD) as dsn:
+        yield dsn
 
 
 def scans(plan: dict[str, Any]) -> list[str]:
@@ -195,7 +182,8 @@ async def test_scoped_claims_use_indexes(loaded: str, workflows: bool, reclaim: 
     "history", "histories", "chapter_history", "get_run", "create_run", "create_runs",
     "renew", "cancel", "cancel_parent", "children", "append", "finish", "finish_child",
     "continue", "purge_events", "due_outbox", "purge_namespaces", "purge_runs",
-    "purge_chapter_namespaces", "purge_chapters", "live_leases"])
+    "purge_chapter_namespaces", "purge_chapters", "live_leases", "stale_paths",
+    "prune_paths"])
 async def test_hot_statements_use_indexes(loaded: str, name: str) -> None:
     event = ["default", "/t", "new-1", "order.paid", None, "{}", NOW, NOW + 60]
     statements: dict[str, tuple[str, list[Any]]] = {
@@ -253,6 +241,9 @@ async def test_hot_statements_use_indexes(loaded: str, name: str) -> None:
         "purge_runs": (retention_sql.PURGE_RUNS, ["default", NOW - 86400 * 30, 500]),
         "purge_chapter_namespaces": (retention_sql.CHAPTER_NAMESPACES, []),
         "purge_chapters": (retention_sql.PURGE_CHAPTERS, ["default", NOW - 86400 * 30, 500]),
+        "stale_paths": (match_sql.STALE_PATHS, [match_sql.MOST_STALE_PATHS]),
+        "prune_paths": (match_sql.PRUNE_PATHS, [["default"] * 2, ["order.paid", "type.7"],
+                                                ["data.order_id"] * 2]),
     }
     query, args = statements[name]
     await assert_no_scan(loaded, query, *args)

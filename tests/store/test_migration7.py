@@ -16,7 +16,7 @@ from kenning.stores.postgres import PostgresStore
 from kenning.stores.sqlite import SqliteStore
 from tests.conftest import FakeClock
 from tests.pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures)
-from tests.store.conftest import NS, event
+from tests.store.conftest import NS, event, postgres_at_version, sqlite_at_version
 
 T0 = 1_700_000_000.0
 # a run waiting for order.paid of order A (deadline T0 + 3600), one sleeping, one finished
@@ -65,17 +65,7 @@ async def _check_migrated(store: Store, clock: FakeClock) -> None:
 
 
 async def test_postgres_migration_7_keeps_waiting_runs(pg_dsn: str) -> None:  # noqa: F811
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute("CREATE TABLE kenning_schema (singleton boolean PRIMARY KEY"
-                           " DEFAULT true CHECK (singleton), version integer NOT NULL)")
-        for migration in postgres_schema.MIGRATIONS[:6]:
-            await conn.execute(migration)
-        await conn.execute("INSERT INTO kenning_schema VALUES (true, 6)")
-        for statement in _V6_DATA:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
+    await postgres_at_version(pg_dsn, 6, _V6_DATA)
     clock = FakeClock(T0 + 10)
     store = PostgresStore(pg_dsn, clock=clock)
     await store.open()
@@ -85,7 +75,8 @@ async def test_postgres_migration_7_keeps_waiting_runs(pg_dsn: str) -> None:  # 
         await store.close()
     conn = await asyncpg.connect(pg_dsn)
     try:
-        assert await conn.fetchval("SELECT version FROM kenning_schema") == 7
+        version = await conn.fetchval("SELECT version FROM kenning_schema")
+        assert version == postgres_schema.SCHEMA_VERSION
         # the key of wait_keys takes the seq: two waits of a run may share their keys
         await conn.execute(
             "INSERT INTO wait_keys (namespace, event_type, path, value, run_id, seq, nkeys)"
@@ -96,15 +87,7 @@ async def test_postgres_migration_7_keeps_waiting_runs(pg_dsn: str) -> None:  # 
 
 async def test_sqlite_migration_7_keeps_waiting_runs(tmp_path: Path) -> None:
     path = tmp_path / "v6.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        for migration in sqlite_schema.MIGRATIONS[:6]:
-            conn.executescript(migration)
-        conn.execute("PRAGMA user_version = 6")
-        for statement in _V6_DATA:
-            conn.execute(statement)
-    finally:
-        conn.close()
+    sqlite_at_version(path, 6, _V6_DATA)
     clock = FakeClock(T0 + 10)
     store = SqliteStore(str(path), clock=clock)
     await store.open()
@@ -114,7 +97,7 @@ async def test_sqlite_migration_7_keeps_waiting_runs(tmp_path: Path) -> None:
         await store.close()
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_schema.SCHEMA_VERSION
         conn.execute(
             "INSERT INTO wait_keys (namespace, event_type, path, value, run_id, seq, nkeys)"
             " VALUES ('default', 't', '', '', 'x', 1, 1), ('default', 't', '', '', 'x', 2, 1)")

@@ -61,6 +61,24 @@ CANDIDATES = (
 )
 
 
+# A path is stale once no wait_keys row uses it (its waits ended). Each path is probed by
+# the key of wait_keys (a scalar subquery, so never a join that reads all the keys); the
+# table of paths is small: one row per (namespace, type, path) ever waited on. $1 the most.
+_UNUSED = ("(SELECT k.run_id FROM wait_keys k WHERE k.namespace = p.namespace"
+           " AND k.event_type = p.event_type AND k.path = p.path LIMIT 1) IS NULL")
+STALE_PATHS = f"SELECT namespace, event_type, path FROM wait_paths p WHERE {_UNUSED} LIMIT $1"
+# Delete the paths given ($1 namespaces, $2 types, $3 paths) that are still unused. The
+# caller holds the advisory lock of each type shared: a wait that begins meanwhile holds it
+# exclusively, so it either committed its keys before this statement (the path stays) or
+# inserts the path again after this commit.
+PRUNE_PATHS = (
+    "DELETE FROM wait_paths p USING unnest($1::text[], $2::text[], $3::text[])"
+    " AS s(namespace, event_type, path) WHERE p.namespace = s.namespace"
+    f" AND p.event_type = s.event_type AND p.path = s.path AND {_UNUSED}"
+)
+MOST_STALE_PATHS = 1000  # pruned per pass
+
+
 def wait_key_params(waits: Sequence[Wait]) -> list[list[Any]]:
     """The index rows of the event waits of ``waits``, for ``WAIT_FOR_EVENT`` after the wait
     columns: types, paths, values, seqs and key counts."""

@@ -192,6 +192,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, chapter, seq)
     );
     """,
+    # 8: matching goes through wait_keys, so the index of waiting runs by type serves
+    # nothing; the operator's grouped counts of unfinished runs read one covering index
+    # (by status first: the runnable statuses are ranges of it), never the table
+    """
+    DROP INDEX IF EXISTS runs_waiting_type;
+    CREATE INDEX runs_unfinished_counts
+        ON runs (status, namespace, pool, workflow, build_id, upgrade) INCLUDE (wake_at)
+        WHERE status IN ('pending', 'running', 'waiting_for_event', 'waiting_for_timer');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

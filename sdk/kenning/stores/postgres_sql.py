@@ -177,11 +177,18 @@ RENEW = store_time(
 LIVE_LEASES = store_time(
     "SELECT count(*) FROM runs WHERE status = 'running' AND lease_owner = $1"
     " AND lease_expires >= $2", 2)
-UNFINISHED_BY_BUILD = (  # reads the unfinished runs only, through an index on the status
-    "SELECT namespace, pool, workflow, build_id, upgrade, count(*) AS unfinished,"
-    " count(*) FILTER (WHERE status IN ('pending', 'running') OR wake_at <= $1) AS runnable"
-    " FROM runs WHERE status IN ('pending', 'running', 'waiting_for_event',"
-    " 'waiting_for_timer') GROUP BY namespace, pool, workflow, build_id, upgrade"
+# $1 due before. Counted per status first, in the order of the index runs_unfinished_counts
+# (status, namespace, pool, workflow, build, upgrade; wake_at included): an index-only read
+# that streams into its groups, never the table and no sort of the runs; the few
+# (status, group) counts are then summed per group.
+UNFINISHED_BY_BUILD = (
+    "SELECT namespace, pool, workflow, build_id, upgrade, sum(n)::bigint AS unfinished,"
+    " sum(CASE WHEN status IN ('pending', 'running') THEN n ELSE due END)::bigint AS runnable"
+    " FROM (SELECT status, namespace, pool, workflow, build_id, upgrade, count(*) AS n,"
+    " count(*) FILTER (WHERE wake_at <= $1) AS due FROM runs"
+    " WHERE status IN ('pending', 'running', 'waiting_for_event', 'waiting_for_timer')"
+    " GROUP BY status, namespace, pool, workflow, build_id, upgrade) AS s"
+    " GROUP BY namespace, pool, workflow, build_id, upgrade"
 )
 NEXT_WAKE = (
     "SELECT min(wake_at) FROM runs WHERE status IN ('waiting_for_event', 'waiting_for_timer')"

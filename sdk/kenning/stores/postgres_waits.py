@@ -144,7 +144,22 @@ class PostgresWaits(PostgresBase):
         return int(await self._read(lambda conn: conn.fetchval(sql.COUNT_EVENTS)))
 
     async def purge_expired(self) -> int:
-        """Drop events past their retention, with their consumption marks."""
+        """Drop events past their retention, with their consumption marks, and the paths
+        of wait keys that no wait uses any more (each would cost every event of its type a
+        probe)."""
         async def op(conn: Conn, notes: Notes) -> int:
             return int(await conn.fetchval(sql.PURGE, self._now()))
-        return await self._write(op)
+        purged = await self._write(op)
+        await self._prune_wait_paths()
+        return purged
+
+    async def _prune_wait_paths(self) -> None:
+        stale = await self._read(lambda conn: conn.fetch(match_sql.STALE_PATHS,
+                                                         match_sql.MOST_STALE_PATHS))
+        if not stale:
+            return
+        columns = [[row[i] for row in stale] for i in range(3)]
+
+        async def op(conn: Conn, notes: Notes) -> None:
+            await conn.execute(match_sql.PRUNE_PATHS, *columns)
+        await self._write(op, shared=sorted({sql.event_lock_key(t) for t in columns[1]}))

@@ -33,11 +33,52 @@ from kenning.stores.sqlite_base import (
 )
 from kenning.stores.sqlite_runs import insert_runs
 
-_RUNNABLE = """
-    (status = 'pending'
-     OR (status IN ('waiting_for_event', 'waiting_for_timer') AND wake_at <= :now)
-     OR (status = 'running' AND (lease_expires < :now OR (:reclaim AND lease_owner = :worker))))
-"""
+
+def claim_sql(filters: str = "", sets: str = "", *, recovering: bool = True) -> str:
+    """Lease runnable runs in one statement (parameters ``:worker``, ``:expires``, ``:now``,
+    ``:limit``, ``:reclaim`` and those of ``filters``).
+
+    Pending, due and expired runs are taken oldest first from one index each (a single
+    ``OR`` over the three walks every run in creation order), and the oldest ``:limit`` of
+    the three win, as in the PostgreSQL claim."""
+    def branch(condition: str, index: str = "") -> str:
+        return (f"SELECT * FROM (SELECT run_id, created_at FROM runs{index} WHERE {condition}"
+                f"{filters} ORDER BY created_at LIMIT :limit)")
+    runnable = " UNION ALL ".join((
+        branch("status = 'pending'"),
+        # without statistics SQLite may prefer an index on the status, which holds every
+        # waiting run; the index of due times holds the suspended ones by when they wake
+        branch("status IN ('waiting_for_event', 'waiting_for_timer') AND wake_at <= :now",
+               " INDEXED BY runs_due"),
+        branch("status = 'running'"
+               " AND (lease_expires < :now OR (:reclaim AND lease_owner = :worker))")))
+    return (
+        "UPDATE runs SET status = 'running', lease_owner = :worker, lease_expires = :expires,"
+        " epoch = epoch + 1, started_at = COALESCE(started_at, :now), updated_at = :now,"
+        + (" recoveries = recoveries + (status = 'running')" if recovering else
+           " recoveries = recoveries") + sets +
+        f" WHERE run_id IN (SELECT run_id FROM ({runnable}) ORDER BY created_at LIMIT :limit)"
+        " RETURNING *"
+    )
+
+
+def claim_filters(workflows: Sequence[str] | None = None, run_ids: Sequence[str] | None = None,
+                  scope: ClaimScope | None = None) -> tuple[str, str, dict[str, Any]]:
+    """(filters, sets, named parameters) of a claim kept to these workflows, runs and
+    scope."""
+    filters = sets = ""
+    params: dict[str, Any] = {}
+    if scope is not None:
+        filters, sets, params = sqlite_scope(scope)
+    if workflows is not None:
+        names = {f"wf{i}": w for i, w in enumerate(workflows)}
+        filters += f" AND workflow IN ({', '.join(':' + k for k in names) or 'NULL'})"
+        params.update(names)
+    if run_ids is not None:
+        ids = {f"id{i}": r for i, r in enumerate(run_ids)}
+        filters += f" AND run_id IN ({', '.join(':' + k for k in ids) or 'NULL'})"
+        params.update(ids)
+    return filters, sets, params
 
 
 class SqliteClaims(SqliteBase):
@@ -50,26 +91,8 @@ class SqliteClaims(SqliteBase):
                          recovering: bool = True,
                          scope: ClaimScope | None = None) -> list[ClaimedRun]:
         """Lease up to ``limit`` runnable runs and load their histories."""
-        filters = sets = ""
-        params: dict[str, Any] = {}
-        if scope is not None:
-            filters, sets, params = sqlite_scope(scope)
-        if workflows is not None:
-            names = {f"wf{i}": w for i, w in enumerate(workflows)}
-            filters += f" AND workflow IN ({', '.join(':' + k for k in names) or 'NULL'})"
-            params.update(names)
-        if run_ids is not None:
-            ids = {f"id{i}": r for i, r in enumerate(run_ids)}
-            filters += f" AND run_id IN ({', '.join(':' + k for k in ids) or 'NULL'})"
-            params.update(ids)
-        sql = (
-            "UPDATE runs SET status = 'running', lease_owner = :worker, lease_expires = :expires,"
-            " epoch = epoch + 1, started_at = COALESCE(started_at, :now), updated_at = :now,"
-            + (" recoveries = recoveries + (status = 'running')" if recovering else
-               " recoveries = recoveries") + sets +
-            f" WHERE run_id IN (SELECT run_id FROM runs WHERE {_RUNNABLE} {filters}"
-            " ORDER BY created_at LIMIT :limit) RETURNING *"
-        )
+        filters, sets, params = claim_filters(workflows, run_ids, scope)
+        sql = claim_sql(filters, sets, recovering=recovering)
 
         def op(conn: Conn, notes: Notes) -> list[ClaimedRun]:
             now = self.clock()

@@ -53,3 +53,12 @@ def candidates(conn: sqlite3.Connection, namespace: str, event: CloudEventRecord
         " WHERE r.status = 'waiting_for_event' AND (r.wake_at IS NULL OR r.wake_at > ?)"
         " ORDER BY r.run_id",
         [*(item for key in keys for item in key), namespace, event.type, now]).fetchall()
+
+
+def prune_paths(conn: sqlite3.Connection) -> int:
+    """Delete the paths no ``wait_keys`` row uses any more (one probe of its key each; the
+    table of paths is small); how many."""
+    return conn.execute(
+        "DELETE FROM wait_paths WHERE NOT EXISTS (SELECT 1 FROM wait_keys k"
+        " WHERE k.namespace = wait_paths.namespace AND k.event_type = wait_paths.event_type"
+        " AND k.path = wait_paths.path)").rowcount

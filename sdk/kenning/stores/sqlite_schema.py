@@ -224,6 +224,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_id, chapter, seq)
     ) WITHOUT ROWID;
     """,
+    # 8: matching goes through wait_keys, so the index of waiting runs by type serves nothing
+    """
+    DROP INDEX IF EXISTS runs_waiting_type;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

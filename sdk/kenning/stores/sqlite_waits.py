@@ -126,10 +126,14 @@ class SqliteWaits(SqliteBase):
         return await self._writer.run(op)
 
     async def purge_expired(self) -> int:
-        """Drop events past their retention, with their consumption marks."""
+        """Drop events past their retention, with their consumption marks, and the paths
+        of wait keys that no wait uses any more (each would cost every event of its type a
+        probe)."""
         def op(conn: Conn, notes: Notes) -> int:
             now = self.clock()
             conn.execute("DELETE FROM consumptions WHERE event_pk IN"
                          " (SELECT pk FROM events WHERE expires_at < ?)", (now,))
-            return conn.execute("DELETE FROM events WHERE expires_at < ?", (now,)).rowcount
+            purged = conn.execute("DELETE FROM events WHERE expires_at < ?", (now,)).rowcount
+            sqlite_match.prune_paths(conn)
+            return purged
         return await self._writer.run(op)

@@ -68,9 +68,10 @@ async def test_a_store_outage_is_ridden_out_and_logged_once(
         await store.finish_run(c.lease, RunStatus.COMPLETED, result=codec.dumps(1))
         await eventually(lambda: status(emulator, "before").get("phase") == "Completed",
                          what="a change after the outage reached the resource")
-        await eventually(lambda: sum("working again after" in r.getMessage()
-                                     for r in caplog.records) >= 2, timeout=15,
-                         what="both loops saying the outage ended")
+        await eventually(lambda: all(any(
+            loop in r.getMessage() and "working again after" in r.getMessage()
+            for r in caplog.records) for loop in ("catch-up sweep", "pool scaler")),
+            timeout=30, what="the sweep and the scaler saying the outage ended")
         await asyncio.sleep(0.5)
     finally:
         for running in list(ops.started):

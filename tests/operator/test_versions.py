@@ -44,8 +44,8 @@ async def start_waiting_on_v1(store: Store, count: int) -> list[str]:
                                      scope=ClaimScope(("default",), "flows", "v1"))
     assert len(claimed) == count
     for item in claimed:
-        await store.begin_event_wait(item.lease, Wait(0, WaitKind.EVENT,
-                                                      event_type="op.never"))
+        await store.begin_waits(item.lease, [Wait(0, WaitKind.EVENT, event_type="op.never")],
+                                next_ordinal=0)
     return ids
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ from kenning.core.models import (
     Wait,
     WaitKind,
 )
-from kenning.core.store import Store
+from kenning.core.store import EventWaitResult, Store
 from kenning.stores import postgres_schema, sqlite_schema
 from kenning.stores.postgres import PostgresStore
 from kenning.stores.sqlite import SqliteStore
@@ -179,6 +179,12 @@ def event_wait(seq: int, clock: Callable[[], float], type: str = EVENT_TYPE, *,
                 started_at=now, wake_at=None if timeout is None else now + timeout)
 
 
+async def wait_on(store: Store, lease: Lease, wait: Wait, steps: Sequence[Step] = ()
+                  ) -> EventWaitResult:
+    """``begin_waits`` on one wait, delivered at its own seq (``next_ordinal = seq``)."""
+    return await store.begin_waits(lease, [wait], steps, next_ordinal=wait.seq)
+
+
 def timer_wait(seq: int, wake_at: float) -> Wait:
     """A durable sleep until ``wake_at``."""
     return Wait(seq=seq, kind=WaitKind.TIMER, wake_at=wake_at)
@@ -206,8 +212,8 @@ async def start_waiting(store: Store, run_id: str, clock: Callable[[], float],
                         ) -> Run:
     """Create a run, claim it and suspend it waiting for an event; return the run."""
     lease = await start_claimed(store, run_id, namespace=namespace)
-    result = await store.begin_event_wait(
-        lease, event_wait(seq, clock, type, match=match, timeout=timeout))
+    result = await wait_on(store, lease,
+                           event_wait(seq, clock, type, match=match, timeout=timeout))
     assert result.consumed is None, "an event was already there"
     run = await store.get_run(run_id)
     assert run is not None

@@ -8,7 +8,7 @@ from kenning.core.errors import LeaseLost
 from kenning.core.models import RunStatus
 from kenning.core.store import Store
 from tests.conftest import FakeClock
-from tests.store.conftest import claim_one, start_claimed, step, timer_wait
+from tests.store.conftest import claim_one, start_claimed, step, timer_wait, wait_on
 
 
 async def test_recorded_attempts_come_back_with_the_next_claim(store: Store,
@@ -53,7 +53,7 @@ async def test_recoveries_count_lost_workers_until_the_run_moves_on(
     run = await store.get_run("r1")
     assert run is not None and run.recoveries == 0
     # a run taken back from a wait, or handed back on shutdown, was not lost
-    await store.suspend(lease, timer_wait(1, fake_clock() + 1))
+    await wait_on(store, lease, timer_wait(1, fake_clock() + 1))
     fake_clock.advance(1)
     claimed = await claim_one(store, "r1")
     assert claimed.run.recoveries == 0

@@ -19,6 +19,7 @@ from tests.store.conftest import (
     start_claimed,
     step,
     timer_wait,
+    wait_on,
 )
 
 
@@ -88,8 +89,8 @@ async def test_expired_lease_is_taken_over_and_fenced(store: Store,
     before = await store.get_run("r1")
     for write in (
         store.append_steps(old, [step(0)]),
-        store.suspend(old, timer_wait(0, fake_clock() + 5)),
-        store.begin_event_wait(old, event_wait(0, fake_clock)),
+        wait_on(store, old, timer_wait(0, fake_clock() + 5)),
+        wait_on(store, old, event_wait(0, fake_clock)),
         store.finish_run(old, RunStatus.COMPLETED, result="1", steps=[step(0)]),
     ):
         with pytest.raises(LeaseLost):

@@ -21,14 +21,15 @@ from tests.store.conftest import (
     start_claimed,
     start_waiting,
     step,
+    wait_on,
 )
 
 
-async def test_begin_event_wait_suspends_and_stores_the_wait(store: Store,
+async def test_a_wait_suspends_and_stores_the_wait(store: Store,
                                                             fake_clock: FakeClock) -> None:
     lease = await start_claimed(store, "r1")
     wait = event_wait(2, fake_clock, match={"data.order_id": "A"}, lookback=30.0, timeout=60)
-    result = await store.begin_event_wait(lease, wait, [step(0, "a"), step(1, "b")])
+    result = await wait_on(store, lease, wait, [step(0, "a"), step(1, "b")])
     assert result.consumed is None
     run = await store.get_run("r1")
     assert run is not None
@@ -131,8 +132,7 @@ async def test_inbox_event_is_consumed_by_a_later_wait(store: Store,
                                    event("e8", to_run="r1", source="/x")])
     await store.accept_events("elsewhere", [event("e7", to_run="r1")])
     fake_clock.advance(3600)  # addressed events are consumed however long ago they came
-    result = await store.begin_event_wait(lease, event_wait(0, fake_clock,
-                                                            match={"data.n": 1}))
+    result = await wait_on(store, lease, event_wait(0, fake_clock, match={"data.n": 1}))
     assert result.consumed is not None
     consumed = result.consumed
     assert (consumed.seq, consumed.kind, consumed.name) == (0, StepKind.EVENT, EVENT_TYPE)
@@ -141,10 +141,10 @@ async def test_inbox_event_is_consumed_by_a_later_wait(store: Store,
     run = await store.get_run("r1")
     assert run is not None and run.status is RunStatus.RUNNING and run.wait is None
     # the next wait (no match) takes the other addressed event of that type, then suspends
-    second = await store.begin_event_wait(lease, event_wait(1, fake_clock))
+    second = await wait_on(store, lease, event_wait(1, fake_clock))
     assert second.consumed is not None
     assert record_from_json(second.consumed.value or "").id == "e8"
-    third = await store.begin_event_wait(lease, event_wait(2, fake_clock))
+    third = await wait_on(store, lease, event_wait(2, fake_clock))
     assert third.consumed is None
 
 
@@ -155,26 +155,25 @@ async def test_lookback_consumes_kept_events(store: Store, fake_clock: FakeClock
     fake_clock.advance(10)
     # no lookback: only events received since the wait began
     lease = await start_claimed(store, "none")
-    assert (await store.begin_event_wait(lease, event_wait(0, fake_clock))).consumed is None
+    assert (await wait_on(store, lease, event_wait(0, fake_clock))).consumed is None
     # lookback 15 s reaches "new" (10 s ago) but not "old" (20 s ago)
     lease = await start_claimed(store, "short")
-    got = await store.begin_event_wait(lease, event_wait(0, fake_clock, lookback=15))
+    got = await wait_on(store, lease, event_wait(0, fake_clock, lookback=15))
     assert got.consumed is not None and record_from_json(got.consumed.value or "").id == "new"
     lease = await start_claimed(store, "matched")
-    got = await store.begin_event_wait(
-        lease, event_wait(0, fake_clock, lookback=60, match={"data.k": 1}))
+    got = await wait_on(store, lease, event_wait(0, fake_clock, lookback=60, match={"data.k": 1}))
     assert got.consumed is not None and record_from_json(got.consumed.value or "").id == "old"
     # the oldest first, and each run consumes a given event at most once
     lease = await start_claimed(store, "both")
     ids = []
     for seq in range(3):
-        got = await store.begin_event_wait(lease, event_wait(seq, fake_clock, lookback=60))
+        got = await wait_on(store, lease, event_wait(seq, fake_clock, lookback=60))
         ids.append(None if got.consumed is None else record_from_json(
             got.consumed.value or "").id)
     assert ids == ["old", "new", None]
     # kept events of another namespace are not seen
     lease = await start_claimed(store, "ns", namespace="elsewhere")
-    got = await store.begin_event_wait(lease, event_wait(0, fake_clock, lookback=60))
+    got = await wait_on(store, lease, event_wait(0, fake_clock, lookback=60))
     assert got.consumed is None
 
 
@@ -184,11 +183,11 @@ async def test_event_that_resumed_a_run_is_not_consumed_again(store: Store,
     [result] = await store.accept_events(NS, [event("e1")])
     assert result.resumed_runs == ("r1",)
     lease = (await claim_one(store, "r1")).lease
-    again = await store.begin_event_wait(lease, event_wait(1, fake_clock, lookback=3600))
+    again = await wait_on(store, lease, event_wait(1, fake_clock, lookback=3600))
     assert again.consumed is None
     # another run may still take it with lookback
     other = await start_claimed(store, "r2")
-    got = await store.begin_event_wait(other, event_wait(0, fake_clock, lookback=3600))
+    got = await wait_on(store, other, event_wait(0, fake_clock, lookback=3600))
     assert got.consumed is not None
 
 
@@ -232,8 +231,7 @@ async def test_no_event_is_lost_between_wait_and_accept(make_store: StoreFactory
 
     async def wait(i: int) -> bool:
         await asyncio.sleep(0.001 * (i % 7))
-        got = await worker.begin_event_wait(
-            leases[i], event_wait(0, fake_clock, match={"data.n": i}))
+        got = await wait_on(worker, leases[i], event_wait(0, fake_clock, match={"data.n": i}))
         return got.consumed is not None
 
     async def send(i: int) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from tests.store.conftest import (
     start_claimed,
     start_waiting,
     step,
+    wait_on,
 )
 
 CountRows = Callable[[str], int]
@@ -123,8 +124,8 @@ async def test_runs_that_stop_waiting_leave_no_keys(store: Store, fake_clock: Fa
     assert count_rows("wait_keys") == 0
     # the resumed run waits again with other keys, then finishes while waiting elsewhere
     lease = (await claim_one(store, "resumed")).lease
-    assert (await store.begin_event_wait(
-        lease, event_wait(1, fake_clock, match={"data.n": 2}))).consumed is None
+    again = await wait_on(store, lease, event_wait(1, fake_clock, match={"data.n": 2}))
+    assert again.consumed is None
     assert count_rows("wait_keys WHERE run_id = 'resumed'") == 1
     [r] = await store.accept_events(NS, [event("n2", data={"n": 2})])
     assert r.resumed_runs == ("resumed",)
@@ -141,7 +142,7 @@ async def test_a_wait_that_consumes_at_once_indexes_nothing(
     await store.accept_events(NS, [event("kept", data={"k": 1})])
     await store.accept_events(NS, [event("mine", data={"k": 1}, to_run="r1")])
     lease = await start_claimed(store, "r1")
-    got = await store.begin_event_wait(
-        lease, event_wait(0, fake_clock, match={"data.k": 1}, lookback=lookback))
+    got = await wait_on(store, lease,
+                        event_wait(0, fake_clock, match={"data.k": 1}, lookback=lookback))
     assert got.consumed is not None
     assert count_rows("wait_keys") == 0

@@ -20,6 +20,7 @@ from tests.store.conftest import (
     start_waiting,
     step,
     timer_wait,
+    wait_on,
 )
 
 RUNNABLE, TIMER, FINISHED, CANCELLED, OUTBOX = (
@@ -50,7 +51,7 @@ async def test_run_lifecycle_notifications(store: Store, notes: list[Notificatio
     assert kinds(notes) == [("outbox", "r1", None)]
 
     wake = fake_clock() + 5
-    await store.suspend(lease, timer_wait(2, wake))
+    await wait_on(store, lease, timer_wait(2, wake))
     assert kinds(notes) == [("timer", "r1", wake)]
 
     fake_clock.advance(5)
@@ -70,7 +71,7 @@ async def test_event_wait_notifications(store: Store, notes: list[Notification],
     lease = await start_claimed(store, "r1")
     kinds(notes)
     wait = event_wait(0, fake_clock, timeout=60)
-    await store.begin_event_wait(lease, wait)
+    await wait_on(store, lease, wait)
     assert kinds(notes) == [("timer", "r1", wait.wake_at)]
     await start_waiting(store, "r2", fake_clock)  # no timeout: no timer
     assert kinds(notes) == [("runnable", "r2", None), ("claimed", "r2", None),
@@ -84,7 +85,7 @@ async def test_event_wait_notifications(store: Store, notes: list[Notification],
     lease = (await claim_one(store, "r1")).lease
     await store.accept_events(NS, [event("e2", to_run="r1")])
     assert kinds(notes) == [("claimed", "r1", None)]
-    await store.begin_event_wait(lease, event_wait(1, fake_clock))  # consumes e2 at once
+    await wait_on(store, lease, event_wait(1, fake_clock))  # consumes e2 at once
     assert kinds(notes) == []
 
 
@@ -131,7 +132,7 @@ async def test_notifications_follow_the_commit(store: Store, fake_clock: FakeClo
     store.subscribe(check)
     await store.create_run(new_run("r1"))
     lease = (await claim_one(store, "r1")).lease
-    await store.begin_event_wait(lease, event_wait(0, fake_clock, timeout=5))
+    await wait_on(store, lease, event_wait(0, fake_clock, timeout=5))
     await store.accept_events(NS, [event("e1")])
     lease = (await claim_one(store, "r1")).lease
     await store.finish_run(lease, RunStatus.COMPLETED, result="1")

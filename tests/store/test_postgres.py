@@ -17,7 +17,7 @@ from kenning.stores.postgres_schema import SCHEMA_VERSION
 from kenning.stores.postgres_writer import notify_payload
 from tests.conftest import FakeClock
 from tests.pg_server import PASSWORD, PASSWORD_USER, PgServer
-from tests.store.conftest import NS, Heard, event, new_run, start_claimed, timer_wait
+from tests.store.conftest import NS, Heard, event, new_run, start_claimed, timer_wait, wait_on
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ async def test_other_processes_changes_arrive_through_listen(
     await heard.wait_for(is_note(NotificationKind.RUNNABLE, "r1"))
     lease = await start_claimed(there, "r2")
     wake = fake_clock() + 12.345678
-    await there.suspend(lease, timer_wait(0, wake))
+    await wait_on(there, lease, timer_wait(0, wake))
     timer = await heard.wait_for(is_note(NotificationKind.TIMER, "r2"))
     assert timer.wake_at == wake
     await there.cancel_run("r1", "stop")

@@ -16,6 +16,7 @@ from tests.store.conftest import (
     start_waiting,
     step,
     timer_wait,
+    wait_on,
 )
 
 DAY = 86_400.0
@@ -41,7 +42,7 @@ async def test_only_finished_runs_past_retention_are_purged(
     await store.accept_events(NS, [event("e1", data={"order_id": "A"})])  # resumes both
     await start_waiting(store, "still", fake_clock, match={"data.order_id": "B"})
     lease = await start_claimed(store, "timer")
-    await store.suspend(lease, timer_wait(1, fake_clock() + 400 * DAY), [step(0)])
+    await wait_on(store, lease, timer_wait(1, fake_clock() + 400 * DAY), [step(0)])
     await store.create_run(new_run("pending"))
     await start_claimed(store, "running", lease_seconds=1000 * DAY)
     events = await store.count_events()

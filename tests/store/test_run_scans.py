@@ -13,7 +13,7 @@ from kenning.core.models import NewRun, RunCount, RunStatus
 from kenning.core.store import Store
 from kenning.stores.postgres import PostgresStore
 from tests.conftest import FakeClock
-from tests.store.conftest import claim_one, new_run, timer_wait
+from tests.store.conftest import claim_one, new_run, timer_wait, wait_on
 
 
 def counts(groups: list[RunCount]) -> dict[tuple[str, str, str | None], int]:
@@ -30,10 +30,10 @@ async def test_active_runs_are_counted_by_namespace_workflow_and_pool(
     running = await claim_one(store, "a0")
     del running
     soon = await claim_one(store, "a1")
-    await store.suspend(soon.lease, timer_wait(0, fake_clock() + 0.5))
+    await wait_on(store, soon.lease, timer_wait(0, fake_clock() + 0.5))
     await store.create_run(new_run("later"))
     late = await claim_one(store, "later")
-    await store.suspend(late.lease, timer_wait(0, fake_clock() + 3600))
+    await wait_on(store, late.lease, timer_wait(0, fake_clock() + 3600))
     await store.create_run(new_run("done"))
     done = await claim_one(store, "done")
     await store.finish_run(done.lease, RunStatus.COMPLETED, result="1")

@@ -7,7 +7,7 @@ from dataclasses import replace
 from kenning.core.models import BuildCount, ClaimScope, NewRun, RunStatus
 from kenning.core.store import Store
 from tests.conftest import FakeClock
-from tests.store.conftest import event_wait, new_run, timer_wait
+from tests.store.conftest import event_wait, new_run, timer_wait, wait_on
 
 
 async def claim_ids(store: Store, scope: ClaimScope, worker: str = "w") -> list[str]:
@@ -37,7 +37,7 @@ async def test_the_first_claim_pins_a_run_to_the_build_of_its_worker(
     [claimed] = await store.claim_runs("v1-worker", limit=5, lease_seconds=30,
                                        scope=ClaimScope(build_id="v1"))
     assert claimed.run.build_id == "v1" and claimed.run.upgrade == "pinned"
-    await store.suspend(claimed.lease, timer_wait(0, fake_clock() + 5))
+    await wait_on(store, claimed.lease, timer_wait(0, fake_clock() + 5))
     fake_clock.advance(10)
     assert await claim_ids(store, ClaimScope(build_id="v2")) == []
     assert await claim_ids(store, ClaimScope(build_id=None)) == []
@@ -66,7 +66,7 @@ async def test_auto_upgrade_runs_move_to_any_build_and_draining_workers_take_no_
     assert sorted(by_id) == ["auto-run", "auto-wf", "fresh"]
     assert by_id["auto-wf"].run.upgrade == "auto"  # the workflow's policy is recorded
     for item in claimed:
-        await store.suspend(item.lease, timer_wait(0, fake_clock() + 1))
+        await wait_on(store, item.lease, timer_wait(0, fake_clock() + 1))
     fake_clock.advance(2)
     # a v2 worker (which does not even know wf-auto is auto) takes the auto runs only
     assert await claim_ids(store, ClaimScope(build_id="v2")) == ["auto-run", "auto-wf"]
@@ -91,8 +91,8 @@ async def test_unfinished_runs_by_build(store: Store, fake_clock: FakeClock) -> 
     v1 = ClaimScope(pool="p1", build_id="v1")
     claimed = {c.run.run_id: c for c in await store.claim_runs(
         "w1", limit=10, lease_seconds=30, run_ids=["p", "w", "t", "done"], scope=v1)}
-    await store.begin_event_wait(claimed["w"].lease, event_wait(0, fake_clock))
-    await store.suspend(claimed["t"].lease, timer_wait(0, fake_clock() + 60))
+    await wait_on(store, claimed["w"].lease, event_wait(0, fake_clock))
+    await wait_on(store, claimed["t"].lease, timer_wait(0, fake_clock() + 60))
     await store.finish_run(claimed["done"].lease, RunStatus.COMPLETED, result="1")
     counts = sorted(await store.count_unfinished_by_build(due_before=fake_clock() + 1),
                     key=lambda c: (c.pool or "", c.build_id or ""))

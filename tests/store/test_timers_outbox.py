@@ -16,6 +16,7 @@ from tests.store.conftest import (
     start_waiting,
     step,
     timer_wait,
+    wait_on,
 )
 
 
@@ -23,7 +24,7 @@ async def test_suspended_run_becomes_claimable_when_due(store: Store,
                                                         fake_clock: FakeClock) -> None:
     lease = await start_claimed(store, "r1")
     wait = timer_wait(1, fake_clock() + 60)
-    await store.suspend(lease, wait, [step(0)])
+    await wait_on(store, lease, wait, [step(0)])
     run = await store.get_run("r1")
     assert run is not None
     assert run.status is RunStatus.WAITING_FOR_TIMER and run.wait == wait
@@ -45,7 +46,7 @@ async def test_retry_wait_keeps_attempt_and_error(store: Store, fake_clock: Fake
     lease = await start_claimed(store, "r1")
     retry = Wait(seq=0, kind=WaitKind.RETRY, wake_at=fake_clock() + 2, attempt=2,
                        last_error="OSError: down")
-    await store.suspend(lease, retry)
+    await wait_on(store, lease, retry)
     fake_clock.advance(2)
     claimed = await claim_one(store, "r1")
     assert claimed.run.wait == retry
@@ -54,7 +55,7 @@ async def test_retry_wait_keeps_attempt_and_error(store: Store, fake_clock: Fake
 async def test_next_wake_at_is_the_earliest_due_time(store: Store, fake_clock: FakeClock) -> None:
     assert await store.next_wake_at() is None
     now = fake_clock()
-    await store.suspend(await start_claimed(store, "t1"), timer_wait(0, now + 50))
+    await wait_on(store, await start_claimed(store, "t1"), timer_wait(0, now + 50))
     await start_waiting(store, "e1", fake_clock, timeout=20)
     await start_waiting(store, "e2", fake_clock)  # no timeout: no wake time
     await store.create_run(new_run("p1"))

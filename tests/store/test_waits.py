@@ -29,6 +29,7 @@ from tests.store.conftest import (
     start_claimed,
     step,
     timer_wait,
+    wait_on,
 )
 
 CountRows = Callable[[str], int]
@@ -90,7 +91,7 @@ async def test_one_wait_reads_back_as_the_only_wait(store: Store,
     run = await store.get_run("r1")
     assert run is not None and run.waits == (wait,) and run.wait == wait
     lease = await start_claimed(store, "r2")
-    await store.suspend(lease, timer_wait(0, fake_clock() + 5))  # the older entry point
+    await wait_on(store, lease, timer_wait(0, fake_clock() + 5))
     timer = await store.get_run("r2")
     assert timer is not None and timer.status is RunStatus.WAITING_FOR_TIMER
     assert timer.waits == (timer_wait(0, fake_clock() + 5),) and timer.wait_ordinal == 0

@@ -170,15 +170,6 @@ class Store(Protocol):
         ordinal ``next_ordinal``. Without ``suspend`` nothing more is written (the caller
         looks for an event while its activities run)."""
 
-    async def begin_event_wait(
-        self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()
-    ) -> EventWaitResult:
-        """``begin_waits`` with one wait (kept until the engine uses ``begin_waits``)."""
-
-    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
-        """``begin_waits`` with one timer or retry wait (kept until the engine uses
-        ``begin_waits``)."""
-
     async def finish_run(
         self,
         lease: Lease,
@@ -212,7 +203,8 @@ class Store(Protocol):
         """How many events are kept (for operators and benchmarks)."""
 
     async def purge_expired(self) -> int:
-        """Drop events past their retention; returns how many."""
+        """Drop events past their retention, and the paths of wait keys that no wait uses
+        any more; returns how many events."""
 
     async def purge_finished(self, *, before: float | None = None,
                              namespace: str | None = None, limit: int = 500) -> int:

@@ -37,15 +37,6 @@ class PostgresWaits(PostgresBase):
         (see ``Store.begin_waits``)."""
         return await self._begin_waits(lease, waits, steps, next_ordinal, suspend)
 
-    async def begin_event_wait(self, lease: Lease, wait: Wait,
-                               steps: Sequence[Step] = ()) -> EventWaitResult:
-        """``begin_waits`` with one wait, delivered in the order of its seq."""
-        return await self._begin_waits(lease, [wait], steps, wait.seq, True)
-
-    async def suspend(self, lease: Lease, wait: Wait, steps: Sequence[Step] = ()) -> None:
-        """``begin_waits`` with one timer or retry wait, delivered in the order of its seq."""
-        await self._begin_waits(lease, [wait], steps, wait.seq, True)
-
     async def _begin_waits(self, lease: Lease, waits: Sequence[Wait], steps: Sequence[Step],
                            ordinal: int, suspend: bool) -> EventWaitResult:
         """The run row is locked by the fence before events are searched, and, when the

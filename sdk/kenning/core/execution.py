@@ -44,6 +44,7 @@ from kenning.core.models import (
     StepKind,
     Wait,
     WaitKind,
+    earliest_wake,
 )
 from kenning.core.recovery import (
     DEFAULT_MAX_RECOVERIES,
@@ -306,8 +307,7 @@ class RunExecution:
             self._deliver(slot, step)
             return True
         if suspend:
-            wakes = [w.wake_at for w in waits if w.wake_at is not None]
-            self.suspended_until = min(wakes) if wakes else None
+            self.suspended_until = earliest_wake(waits)
             self._unwind(Suspended)
         return False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,12 @@ class Wait:
         if self.kind is WaitKind.EVENT:
             return EVENT_TYPES_SEPARATOR.join(self.event_types)
         return "sleep" if self.kind is WaitKind.TIMER else ""
+
+
+def earliest_wake(waits: Sequence[Wait]) -> float | None:
+    """The earliest ``wake_at`` of ``waits``, or ``None``."""
+    wakes = [w.wake_at for w in waits if w.wake_at is not None]
+    return min(wakes) if wakes else None
 
 
 EVENT_TYPES_SEPARATOR = "|"

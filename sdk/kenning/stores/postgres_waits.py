@@ -18,6 +18,7 @@ from kenning.core.models import (
     StepKind,
     Wait,
     WaitKind,
+    earliest_wake,
 )
 from kenning.core.store import EventWaitResult
 from kenning.core.validation import validate_events
@@ -25,7 +26,6 @@ from kenning.stores import postgres_match as match_sql
 from kenning.stores import postgres_sql as sql
 from kenning.stores.postgres_accept import Payload, accept_batches
 from kenning.stores.postgres_base import Conn, Notes, PostgresBase
-from kenning.stores.rows import earliest_wake
 
 
 class PostgresWaits(PostgresBase):

@@ -223,12 +223,6 @@ def retention_cutoff(settings: Mapping[str, float], namespace: str, default: flo
     return None if keep <= 0 else now - keep
 
 
-def earliest_wake(waits: Sequence[Wait]) -> float | None:
-    """The earliest ``wake_at`` of ``waits``, or ``None``."""
-    wakes = [w.wake_at for w in waits if w.wake_at is not None]
-    return min(wakes) if wakes else None
-
-
 def _json_or_text(text: str | None) -> Any:
     if text is None:
         return None

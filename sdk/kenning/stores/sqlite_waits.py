@@ -17,11 +17,12 @@ from kenning.core.models import (
     Step,
     Wait,
     WaitKind,
+    earliest_wake,
 )
 from kenning.core.store import EventWaitResult
 from kenning.core.validation import validate_events
 from kenning.stores import sqlite_match
-from kenning.stores.rows import earliest_wake, wait_columns
+from kenning.stores.rows import wait_columns
 from kenning.stores.sqlite_accept import accept_one, deliver
 from kenning.stores.sqlite_base import CLEAR_WAIT, NO_WAIT, Conn, Notes, SqliteBase, insert_steps
 

@@ -32,6 +32,16 @@ def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def loads_or_text(text: str | None) -> Any:
+    """``loads``, or the text itself where it is not JSON."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def to_jsonable(value: Any) -> Any:
     """Turn models, dataclasses, datetimes and the like into plain JSON values."""
     if value is None or isinstance(value, (str, int, float, bool)):

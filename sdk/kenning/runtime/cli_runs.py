@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import click
 
+from kenning.core import codec
 from kenning.core.definitions import encode_input, input_from_json
 from kenning.core.errors import ConfigurationError, RunNotFound
 from kenning.core.history_doc import RecordedHistory
@@ -361,18 +362,9 @@ def run_json(info: RunInfo) -> dict[str, Any]:
     }
 
 
-def _decode(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _step_summary(step: Step) -> str:
     if step.error is not None:
-        error = _decode(step.error)
+        error = codec.loads_or_text(step.error)
         if isinstance(error, dict) and "type" in error:
             error = f"{error['type']}: {error.get('message', '')}"
         return shorten(f"error: {error}", 60)

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from kenning.core import codec
 from kenning.core.errors import LeaseLost
 from kenning.core.events import record_from_json
 from kenning.core.matching import event_matches, wait_keys
@@ -223,15 +224,6 @@ def retention_cutoff(settings: Mapping[str, float], namespace: str, default: flo
     return None if keep <= 0 else now - keep
 
 
-def _json_or_text(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def child_of(lease: Lease, new: NewRun) -> NewRun:
     """A child run to create under ``lease``: its parent is the leased run by default."""
     if new.parent_run_id is not None:
@@ -248,7 +240,7 @@ def child_finished_event(*, child: str, namespace: str, chapter: int, parent: st
                          status: str, result: str | None, error: str | None,
                          now: float) -> CloudEventRecord:
     """The ``CHILD_FINISHED_TYPE`` event a finished child run addresses to its parent."""
-    data = {"run_id": child, "status": status, "result": _json_or_text(result),
+    data = {"run_id": child, "status": status, "result": codec.loads_or_text(result),
             "error": error}
     return CloudEventRecord(
         id=f"{child}/finished/{chapter}", source=f"/kenning/{namespace}/runs/{child}",

@@ -133,6 +133,28 @@ async def test_a_child_that_loses_a_race_is_cancelled(make_app: AppFactory) -> N
     assert info.status is RunStatus.CANCELLED
 
 
+@workflow
+async def two_waiters_one_gives_up(ctx: WorkflowContext, n: int) -> tuple[str, int]:
+    handle = await doubler.start_child(ctx, n)
+    impatient = asyncio.ensure_future(asyncio.wait_for(handle.result(), timeout=0.01))
+    patient = asyncio.ensure_future(handle.result())
+    try:
+        await impatient
+        gave_up = "no"
+    except TimeoutError:
+        gave_up = "yes"
+    return gave_up, await patient
+
+
+async def test_a_child_awaited_twice_survives_one_cancelled_waiter(make_app: AppFactory
+                                                                   ) -> None:
+    async with make_app([two_waiters_one_gives_up, doubler]) as app:
+        run_id = await app.start(two_waiters_one_gives_up, 4)
+        assert await app.result(run_id, timeout=15) == ["yes", 8]
+        child = await app.get_run(f"{run_id}-0")
+    assert child.status is RunStatus.COMPLETED
+
+
 async def test_bad_child_arguments_fail_the_parent(make_app: AppFactory) -> None:
     @workflow(name="calls_bad_args")
     async def calls_bad_args(ctx: WorkflowContext) -> int:

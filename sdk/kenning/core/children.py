@@ -37,13 +37,26 @@ class ChildHandle(Generic[R]):
         self.workflow = workflow
         self.run_id = run_id
         self._outcome: asyncio.Future[Step] | None = None
+        self._awaiting = 0
 
     async def result(self) -> R:
-        """Wait durably for the child to end; its result, or ``ChildWorkflowError``."""
-        if self._outcome is None:
+        """Wait durably for the child to end; its result, or ``ChildWorkflowError``.
+
+        Several tasks may await it: the wait (and with it the child) is cancelled only when
+        the last of them is cancelled; a later call waits again for the child's end."""
+        if self._outcome is None or self._outcome.cancelled():
             self._outcome = _wait_for_child(step_execution(self._ctx, "a child's result"),
                                             self.run_id)
-        step = await self._outcome
+        outcome = self._outcome
+        self._awaiting += 1
+        try:
+            step = await asyncio.shield(outcome)
+        except asyncio.CancelledError:
+            if self._awaiting == 1:
+                outcome.cancel()  # nobody else waits for the child: it is cancelled too
+            raise
+        finally:
+            self._awaiting -= 1
         assert step.value is not None
         data = codec.loads(record_from_json(step.value).data or "null")
         if data.get("status") != "completed":

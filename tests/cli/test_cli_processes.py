@@ -4,9 +4,11 @@ commands, each its own process, sharing one SQLite file."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,11 +49,17 @@ def wait_status(database: str, run_id: str, status: str, timeout: float = 20.0) 
 def test_dev_serves_a_run_that_waits_for_an_event(spawn: Spawn, tmp_path: Path) -> None:
     database = str(tmp_path / "dev.db")
     dev = spawn("dev", str(WORKFLOW_FILE), "--port", "0", "--database", database,
-                "--worker-id", "dev-1")
+                "--worker-id", "dev-1", "--probe-port", "0", "--probe-host", "127.0.0.1")
     line = dev.wait_for_line(r"kenning dev: sink on .*")
     assert "cli_e2e_approval" in line.group(0) and "dev-1" in line.group(0)
     url = dev.url()
     wait_healthy(url, dev)
+    probes = re.search(r"probes on (http://127\.0\.0\.1:\d+)", line.group(0))
+    assert probes is not None, line.group(0)
+    with urllib.request.urlopen(f"{probes.group(1)}/readyz", timeout=5) as ready:
+        assert ready.status == 200
+    with urllib.request.urlopen(f"{probes.group(1)}/metrics", timeout=5) as metrics:
+        assert b"kenning_worker_loop_blocked_total" in metrics.read()
 
     run_id = ok(run_kenning("start", "cli_e2e_approval", "--input", '{"order_id": "A-7"}',
                             "--database", database)).strip()

@@ -97,6 +97,24 @@ def _token_option(fn: F) -> F:
                         help="Require 'Authorization: Bearer <token>' on the sink.")(fn)
 
 
+def _probe_options(fn: F) -> F:
+    fn = click.option("--probe-host", envvar=config.ENV_PROBE_HOST,
+                      default=config.DEFAULT_PROBE_HOST, show_default=True, show_envvar=True,
+                      help="Interface of the probe server.")(fn)
+    return click.option("--probe-port", type=click.IntRange(0, 65535),
+                        envvar=config.ENV_PROBE_PORT, default=None, show_envvar=True,
+                        help="Serve /healthz (loops alive), /readyz (store answers) and "
+                             "/metrics (Prometheus) on this port. Default: no probe "
+                             "server.")(fn)
+
+
+def _probes_note(app: App, probe_host: str) -> str:
+    """``, probes on http://host:port`` when ``app`` serves probes, else nothing."""
+    if app.probe_address is None:
+        return ""
+    return f", probes on http://{probe_host}:{app.probe_address[1]}"
+
+
 # -- dev ---------------------------------------------------------------------------------
 @main.command()
 @click.argument("module_or_file")
@@ -106,8 +124,9 @@ def _token_option(fn: F) -> F:
 @_worker_id_option
 @namespace_option("Namespace of the runs served and of events posted to /.")
 @_token_option
+@_probe_options
 def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str | None,
-        namespace: str, token: str | None) -> None:
+        namespace: str, token: str | None, probe_port: int | None, probe_host: str) -> None:
     """Serve MODULE_OR_FILE's workflows: worker and CloudEvents sink in one process.
 
     MODULE_OR_FILE is a dotted module (examples.payment) or a path (flows/payment.py);
@@ -117,13 +136,14 @@ def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str
     workflows = load_workflows(module_or_file)
 
     async def go() -> None:
-        async with App(database, worker_id, namespace=namespace, workflows=workflows) as app:
+        async with App(database, worker_id, namespace=namespace, workflows=workflows,
+                       probe_port=probe_port, probe_host=probe_host) as app:
             runner = await _start_sink(app.store, host, port, namespace, token)
             try:
                 names = ", ".join(wf.name for wf in workflows)
                 click.echo(f"kenning dev: sink on {_listening(runner, host)}, worker "
-                           f"{app.worker_id} serving {names} (database {_redact(database)}); "
-                           f"Ctrl-C to stop")
+                           f"{app.worker_id} serving {names} (database {_redact(database)}"
+                           f"{_probes_note(app, probe_host)}); Ctrl-C to stop")
                 await _until_signalled_or_failed(app)
             finally:
                 await runner.cleanup()
@@ -155,12 +175,7 @@ def dev(module_or_file: str, database: str, host: str, port: int, worker_id: str
               show_envvar=True,
               help="URL that events sent by workflows are POSTed to (a Knative broker). "
                    "Default: delivered to this store directly.")
-@click.option("--probe-port", type=click.IntRange(0, 65535), envvar=config.ENV_PROBE_PORT,
-              default=None, show_envvar=True,
-              help="Serve /healthz (loops alive), /readyz (store answers) and /metrics "
-                   "(Prometheus) on this port. Default: no probe server.")
-@click.option("--probe-host", envvar=config.ENV_PROBE_HOST, default=config.DEFAULT_PROBE_HOST,
-              show_default=True, show_envvar=True, help="Interface of the probe server.")
+@_probe_options
 @worker_bounds_options
 def worker(module_or_file: str, database: str, worker_id: str | None, max_runs: int,
            max_recoveries: int, deadlock_threshold: float, event_target: str | None,
@@ -186,12 +201,9 @@ def worker(module_or_file: str, database: str, worker_id: str | None, max_runs: 
                        build_id=bounds.build_id, drain=bounds.drain) as app:
             names = ", ".join(wf.name for wf in workflows)
             target = event_target or "this store"
-            probes = ""
-            if app.probe_address is not None:
-                probes = f", probes on http://{probe_host}:{app.probe_address[1]}"
             click.echo(f"kenning worker {app.worker_id}: serving {names} "
                        f"({bounds.describe()}; database {_redact(database)}, events to "
-                       f"{target}{probes}); Ctrl-C to stop")
+                       f"{target}{_probes_note(app, probe_host)}); Ctrl-C to stop")
             await _until_signalled_or_failed(app)
 
     run_async(go())

@@ -9,8 +9,8 @@ error once the retry policy gives up) or a retry delay the run waits out like a 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from kenning.core import codec
@@ -34,11 +34,21 @@ class AttemptRunner:
     """Starts, watches and ends the activity attempts of one run execution."""
 
     def __init__(self, execution: RunExecution) -> None:
-        self.execution = execution
+        # weak: the execution owns the runner, and a cycle would outlive the run until the
+        # next full garbage collection
+        self._execution = weakref.ref(execution)
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._ended: collections.deque[_Ended] = collections.deque()
+        self._ended: list[_Ended] = []
         self._to_launch: list[Slot] = []  # slots whose next attempt is to start
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None  # made when the engine first waits
+
+    @property
+    def execution(self) -> RunExecution:
+        """The execution whose attempts these are."""
+        execution = self._execution()
+        if execution is None:
+            raise RuntimeError("the run's execution has ended")
+        return execution
 
     @property
     def running(self) -> bool:
@@ -94,7 +104,7 @@ class AttemptRunner:
             s.state is not SlotState.RUNNING for s in ex.slots.values())
         if alone:
             await self._run_attempt(starting[0])
-            self._take_end(*self._ended.popleft())
+            self._take_ends()
             return
         for slot in starting:
             if ex.slots.get(slot.seq) is slot:
@@ -123,20 +133,27 @@ class AttemptRunner:
         finally:
             current_activity.reset(inside)
         self._ended.append((slot, slot.attempt, text, error))
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def wait_for_one(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds (None: as long as it takes) for attempts to end and
         take their ends in; False when none ended in time."""
         if not self._ended:
+            if self._wake is None:
+                self._wake = asyncio.Event()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 return False
-        while self._ended:
-            self._take_end(*self._ended.popleft())
+        self._take_ends()
         return True
+
+    def _take_ends(self) -> None:
+        ended, self._ended = self._ended, []
+        for end in ended:
+            self._take_end(*end)
 
     def _take_end(self, slot: Slot, attempt: int, text: str | None,
                   error: Exception | None) -> None:

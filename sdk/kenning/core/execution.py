@@ -14,7 +14,6 @@ on all of them and the code is unwound with ``Suspended``, a ``BaseException`` t
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import logging
@@ -112,10 +111,11 @@ class RunExecution:
         self.slots: dict[int, Slot] = {}
         self._next_seq = 0
         self._pending: list[Step] = []
-        self._ready: collections.deque[Slot] = collections.deque()
-        self._replay = collections.deque(sorted(
-            (s for s in claimed.history if s.kind not in _NO_DELIVERY),
-            key=lambda s: (s.delivered_at, s.seq)))
+        # lists, not deques: a few hundred executions are held at once, most of them short
+        self._ready: list[Slot] = []
+        # recorded outcomes in delivery order, the next one last
+        self._replay = sorted((s for s in claimed.history if s.kind not in _NO_DELIVERY),
+                              key=lambda s: (s.delivered_at, s.seq), reverse=True)
         self._next_ordinal = max((s.delivered_at for s in claimed.history), default=-1) + 1
         self._stored_waits = {wait.seq: wait for wait in self.run.waits}
         if self.run.wait is not None:
@@ -158,6 +158,14 @@ class RunExecution:
         finally:
             self.activities.stop()
             self.loop.dispose()
+            self._release()
+
+    def _release(self) -> None:
+        """Let go of the code's steps: their futures and callbacks point back here, and a
+        cycle would keep the whole execution until the next full garbage collection."""
+        self.slots.clear()
+        self._ready.clear()
+        self._timer_seqs.clear()
 
     async def run_code(self, ctx: WorkflowContext) -> Any:
         """Call the workflow function with the run's input; check it used all its history."""
@@ -207,7 +215,7 @@ class RunExecution:
 
     # -- delivering outcomes ------------------------------------------------------------
     def _deliver_recorded(self) -> None:
-        step = self._replay[0]
+        step = self._replay[-1]
         slot = self.slots.get(step.seq)
         if slot is None or slot.state is not SlotState.REPLAY:
             self.fail_with(NonDeterminismError(
@@ -215,16 +223,16 @@ class RunExecution:
                 f"'{step.name}' completed next, but the code {self._where_code_waits()} — the "
                 f"workflow's code changed under a running run"))
             return
-        self._replay.popleft()
+        self._replay.pop()
         self._deliver(slot, step)
 
     async def _deliver_ready(self) -> bool:
         """Commit and deliver the first live outcome that is ready; False if none is."""
         while self._ready and self.slots.get(self._ready[0].seq) is not self._ready[0]:
-            self._ready.popleft()  # the code cancelled it meanwhile
+            self._ready.pop(0)  # the code cancelled it meanwhile
         if not self._ready:
             return False
-        slot = self._ready.popleft()
+        slot = self._ready.pop(0)
         out = slot.outcome
         assert out is not None
         step = Step(out.seq, out.kind, out.name, out.value, out.recorded_at, out.error,
@@ -496,7 +504,7 @@ class RunExecution:
                 return await self._fail(self.fatal or exc)
             raise exc  # a BaseException of the interpreter (KeyboardInterrupt, SystemExit)
         if self._replay:
-            step = self._replay[0]
+            step = self._replay[-1]
             self.fail_with(NonDeterminismError(
                 f"run {self.run.run_id} step {step.seq}: history has {step.kind.value} "
                 f"'{step.name}' completed, code returned before its outcome — the workflow's "
@@ -553,6 +561,7 @@ class RunExecution:
             return
         self._unwinding, self._unwound_at = kind, self._next_seq - 1
         unwound = [t for t in self.loop.tasks if not t.done()]
+        raised: list[BaseException] = []
         for _ in range(3):
             waiting = [t for t in unwound if not t.done()]
             if not waiting:
@@ -560,10 +569,13 @@ class RunExecution:
             for task in waiting:
                 waiter = getattr(task, "_fut_waiter", None)
                 if waiter is not None and not waiter.done():
-                    waiter.set_exception(kind())
+                    raised.append(kind())
+                    waiter.set_exception(raised[-1])
             self.loop.activate()
         if any(not t.done() or _swallowed_by(t, kind) for t in unwound):
             self._swallowed()
+        for error in raised:  # its frames hold the future that holds it: a cycle
+            error.__traceback__ = None
 
     def _swallowed(self) -> Outcome:
         assert self._unwinding is not None

@@ -13,7 +13,6 @@ executors) do not exist here: they belong in activities, which run on the worker
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import contextvars
 import logging
@@ -47,7 +46,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def __init__(self, sink: TimerSink, describe: str) -> None:
         self._sink = sink
         self._describe = describe
-        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self._ready: list[asyncio.Handle] = []
         self._running = False
         self._closed = False
         self._disposing = False
@@ -61,10 +60,11 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         asyncio.events._set_running_loop(self)
         self._running = True
         try:
-            while self._ready:
-                handle = self._ready.popleft()
-                if not handle._cancelled:
-                    handle._run()
+            while self._ready:  # in batches: what the callbacks schedule runs next, in order
+                batch, self._ready = self._ready, []
+                for handle in batch:
+                    if not handle._cancelled:
+                        handle._run()
         finally:
             self._running = False
             asyncio.events._set_running_loop(outer)
@@ -75,12 +75,19 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         return bool(self._ready)
 
     def dispose(self) -> None:
-        """Forget the code's tasks without a trace: the run is unwound or ended."""
+        """Forget the code's tasks without a trace: the run is unwound or ended.
+
+        The reference cycles it leaves are broken too (the loop and its run, a task and the
+        future it waits on, an exception and its frames): what the execution leaves is
+        freed when the worker lets go of it, not at the next full garbage collection."""
         self._disposing = True
+        self._sink = _ENDED
         for task in self.tasks:
             if task.done():
                 if not task.cancelled():
-                    task.exception()  # retrieved: no "exception was never retrieved" log
+                    error = task.exception()  # retrieved: no "never retrieved" log
+                    if error is not None:
+                        error.__traceback__ = None
             else:
                 coro = task.get_coro()
                 task._log_destroy_pending = False  # type: ignore[attr-defined]
@@ -88,6 +95,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
                     # code that misbehaves while it is closed (awaits, raises) is dropped
                     with contextlib.suppress(BaseException):
                         coro.close()
+                waiter = getattr(task, "_fut_waiter", None)
+                if waiter is not None and not waiter.done():
+                    waiter.cancel()  # its callbacks (the task's wake-up) go, unrun, below
         self.tasks.clear()
         self._ready.clear()
         self._closed = True
@@ -194,6 +204,22 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     async def shutdown_default_executor(self) -> None:
         return None
+
+
+class _EndedSink:
+    """The sink of a disposed loop: its run has ended, it has no timers and no time."""
+
+    def workflow_now(self) -> float:
+        raise RuntimeError("the workflow's loop has ended")
+
+    def start_timer(self, handle: asyncio.TimerHandle) -> None:
+        raise RuntimeError("the workflow's loop has ended")
+
+    def cancel_timer(self, handle: asyncio.TimerHandle) -> None:
+        pass
+
+
+_ENDED: TimerSink = _EndedSink()
 
 
 def _refusal(name: str) -> Callable[..., Any]:

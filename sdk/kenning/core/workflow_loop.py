@@ -56,6 +56,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     # -- driving ------------------------------------------------------------------------
     def activate(self) -> None:
         """Run ready callbacks until none is left (the code waits on its steps)."""
+        if not self._ready:
+            return
         outer = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(self)
         self._running = True

@@ -1,7 +1,8 @@
 """An execution is freed when the worker lets go of it, not at the next full garbage
-collection: it leaves no reference cycle behind, whether its run completed, suspended on
-an event, raced a timer or fanned out activities. (A worker executes hundreds of runs at
-once; dead executions that wait for the cyclic collector pile up and stay in its RSS.)"""
+collection: it leaves no reference cycle behind, whether its run completed, failed,
+continued as new, suspended on an event, raced a timer or fanned out activities. (A worker
+executes hundreds of runs at once; dead executions that wait for the cyclic collector pile
+up and stay in its RSS.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from kenning import RunStatus, WorkflowContext, activity, sleep, wait_event, workflow
+from kenning import (
+    RunStatus,
+    WorkflowContext,
+    activity,
+    continue_as_new,
+    sleep,
+    wait_event,
+    workflow,
+)
 from tests.conftest import wait_status
 
 from .conftest import AppFactory
@@ -46,6 +55,19 @@ async def mem_races(ctx: WorkflowContext) -> str:
     return "timer" if timer in done else "event"
 
 
+@workflow
+async def mem_fails(ctx: WorkflowContext) -> None:
+    await add_one(ctx, 1)
+    raise ValueError("no")
+
+
+@workflow
+async def mem_continues(ctx: WorkflowContext, left: int) -> int:
+    if left:
+        continue_as_new(ctx, left - 1)
+    return await add_one(ctx, left)
+
+
 @pytest.fixture
 def cyclic_garbage() -> Iterator[list[object]]:
     """What the cyclic collector finds after the test's body (the collector is off)."""
@@ -69,13 +91,16 @@ def _kenning_garbage() -> Counter[str]:
 
 async def test_executions_leave_no_reference_cycles(make_app: AppFactory,
                                                     cyclic_garbage: list[object]) -> None:
-    async with make_app([mem_straight, mem_fanned, mem_waits, mem_races]) as app:
+    async with make_app([mem_straight, mem_fanned, mem_waits, mem_races, mem_fails,
+                         mem_continues]) as app:
         for _ in range(3):  # the first runs warm caches up
             done = [await app.start(mem_straight, 1), await app.start(mem_fanned, 1),
-                    await app.start(mem_races)]
-            waiting = await app.start(mem_waits)
-            assert [await app.result(r, timeout=15) for r in done] == [3, [2, 3, 4], "timer"]
+                    await app.start(mem_races), await app.start(mem_continues, 2)]
+            waiting, failing = await app.start(mem_waits), await app.start(mem_fails)
+            assert [await app.result(r, timeout=15) for r in done] == [3, [2, 3, 4], "timer",
+                                                                      1]
             await wait_status(app, waiting, RunStatus.WAITING_FOR_EVENT)
+            assert (await app.wait_finished(failing, timeout=15)).status is RunStatus.FAILED
         await asyncio.sleep(0.2)  # the worker lets go of the last executions
         garbage = _kenning_garbage()
         assert not garbage, sorted(garbage.items())

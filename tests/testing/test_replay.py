@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,8 @@ async def test_a_failed_history_replays_to_its_error() -> None:
         doc = RecordedHistory.of(run, await env.history(run_id)).to_json()
     replayed = replay(declined, doc)
     assert isinstance(replayed.error, ActivityError) and "card declined" in str(replayed.error)
+    frames = [f.name for f in traceback.extract_tb(replayed.error.__traceback__)]
+    assert "declined" in frames, frames  # where the workflow's code raised it
 
 
 async def record_on(database: str) -> tuple[str, str]:

@@ -15,7 +15,10 @@ import pytest
 from kenning.core import codec
 from kenning.core.models import RunStatus
 from kenning.core.store import Store
+from kenning_operator.resources import FINALIZER
+from kenning_operator.status import SCHEDULABLE
 from tests.operator.conftest import Operators, eventually
+from tests.operator.emulator import Emulator
 from tests.operator.kube_helpers import (
     POOLS,
     RUNS,
@@ -32,6 +35,14 @@ pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 
 def all_phased(api: object, names: list[str], phase: str) -> bool:
     return all(status(api, n).get("phase") == phase for n in names)  # type: ignore[arg-type]
+
+
+def settled(api: Emulator, name: str, schedulable: str) -> bool:
+    """The resource carries Kenning's finalizer and shows ``Schedulable`` as given."""
+    obj = get(api, RUNS, "default", name)
+    return obj is not None and obj["metadata"].get("finalizers") == [FINALIZER] and any(
+        c["type"] == SCHEDULABLE and c["status"] == schedulable
+        for c in (obj.get("status") or {}).get("conditions", []))
 
 
 async def test_paced_runs_cost_two_writes_and_no_422(operators: Operators) -> None:
@@ -99,7 +110,11 @@ async def test_a_restart_writes_only_where_status_differs(operators: Operators,
         await apply(api, RUNS, run_body(name, "op_approval", {"order_id": name}))
     await apply(api, RUNS, run_body("nopool", "unserved", {}))
     await eventually(lambda: all_phased(api, [*names, "nopool"], "Pending"), what="Pending")
-    await asyncio.sleep(0.5)
+    # Before the stop the first operator has shown all it will: the pool serving the idle
+    # runs (it may have been seen after their first patch), every finalizer, no backlog.
+    await eventually(lambda: all(settled(api, n, "True") for n in names)
+                     and settled(api, "nopool", "False") and first.sync.backlog == 0,
+                     what="the first operator done")
     await operators.stop(first)
 
     changed = status(api, names[0])["runId"]

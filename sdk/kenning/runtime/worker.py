@@ -28,6 +28,7 @@ from kenning.core.models import (
 from kenning.core.outage import Outage
 from kenning.core.recovery import DEFAULT_MAX_RECOVERIES
 from kenning.core.store import Store
+from kenning.runtime.heap import release_free_memory
 from kenning.runtime.retention import purge_finished_runs
 from kenning.runtime.watchdog import LoopWatchdog
 from kenning.runtime.worker_metrics import MeteredStore, WorkerMetrics
@@ -35,6 +36,9 @@ from kenning.runtime.worker_metrics import MeteredStore, WorkerMetrics
 log = logging.getLogger(__name__)
 
 PURGE_BATCHES_PER_ROUND = 100  # finished runs purged per round: at most 100 small batches
+# after this many executions ended, a worker idle for TRIM_IDLE_SECONDS gives back free memory
+TRIM_AFTER_RUNS = 64
+TRIM_IDLE_SECONDS = 1.0
 _ORPHAN_SCAN = 1000  # running runs looked at for orphans of this worker after an outage
 
 
@@ -79,6 +83,8 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._alarm: float | None = None
         self._alarm_known = False
+        self._ended_since_trim = 0
+        self._trim: asyncio.TimerHandle | None = None
         self._stopping = False
         self._renewed_until: float | None = None  # store time the last renewal granted
         threshold = self.options.deadlock_threshold
@@ -131,6 +137,9 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*self._loops, return_exceptions=True)
             await self._stop_active()
+            if self._trim is not None:
+                self._trim.cancel()
+                self._trim = None
 
     @property
     def alive(self) -> bool:
@@ -264,10 +273,22 @@ class Worker:
         finally:
             self._active.pop(run_id, None)
             self._wakeup.set()
+            self._ended_since_trim += 1
+            if not self._active and self._ended_since_trim >= TRIM_AFTER_RUNS \
+                    and self._trim is None:
+                self._trim = asyncio.get_running_loop().call_later(TRIM_IDLE_SECONDS,
+                                                                   self._trim_if_idle)
         if dropped and not self._stopping:
             self._abandoned.add(run_id)
         if self._on_outcome is not None:
             self._on_outcome(run_id, outcome)
+
+    def _trim_if_idle(self) -> None:
+        """Still idle after a burst: give the heap's free pages back (``heap``)."""
+        self._trim = None
+        if not self._active:
+            self._ended_since_trim = 0
+            release_free_memory()
 
     async def _stop_active(self) -> None:
         held = list(self._active.values())

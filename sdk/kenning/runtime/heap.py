@@ -10,21 +10,16 @@ macOS) this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
-import logging
 from collections.abc import Callable
-
-log = logging.getLogger(__name__)
 
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """glibc's ``malloc_trim`` among the symbols the process already has, if it is there
+    (no library search: that would start a subprocess)."""
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     return trim

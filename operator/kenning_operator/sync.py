@@ -392,7 +392,7 @@ class RunSync:
                     "uid": parent.uid, "controller": False, "blockOwnerDeletion": True}
         now = time.monotonic()
         since = self._parent_wait.setdefault(child.run_id, now)
-        if parent is None and now - since < self.parent_wait:
+        if now - since < self.parent_wait:
             asyncio.get_running_loop().call_later(PARENT_RETRY, self.mark, child.run_id)
             return None
         return {}
